@@ -1,0 +1,77 @@
+# The two commands a reader needs on a fresh Linux machine with Python 3.11:
+#   make book   -> the HTML book in _build/html (from the outputs stored in the chapters)
+#   make test   -> unit tests, every chapter re-executed and compared by nbval, the book build
+# Run `make help` for the other targets.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The interpreter that creates $(VENV): python3.11, or python3 when that is 3.11.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || { python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && command -v python3; })
+# Marks a finished install; redone when the dependencies or their pins change.
+STAMP := $(VENV)/.installed
+# The exact versions to install; `CONSTRAINTS=` installs the loose requirements of pyproject.toml.
+CONSTRAINTS ?= constraints.txt
+# Notebooks for `make execute` (default: every chapter).
+NB ?=
+PYTEST_ARGS ?=
+
+MATHJAX_VERSION ?= 3.2.2
+MATHJAX_DIR := _deps/mathjax-site/_static/mathjax
+MATHJAX := $(MATHJAX_DIR)/es5/tex-mml-chtml.js
+
+.PHONY: help install mathjax book test export execute lock clean
+
+help:
+	@echo "make book      build the HTML book into _build/html (no execution)"
+	@echo "make test      run the unit tests, nbval over every chapter and the book build"
+	@echo "make export    regenerate going_modular/ from the chapters"
+	@echo "make execute   re-execute chapters in place (NB=notebooks/02_x.ipynb for one)"
+	@echo "make lock      re-pin constraints.txt from the current $(VENV)"
+	@echo "make clean     remove build outputs and downloads (keeps $(VENV))"
+
+$(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11 is needed (python3.11, or python3 that is 3.11); set PYTHON=/path/to/python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+# MathJax 3 from the npm registry, unpacked where _config.yml's html_extra_path serves it.
+$(MATHJAX):
+	rm -rf _deps/mathjax.tmp && mkdir -p _deps/mathjax.tmp/_static/mathjax
+	cd _deps/mathjax.tmp && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null
+	tar -xzf _deps/mathjax.tmp/mathjax-$(MATHJAX_VERSION).tgz -C _deps/mathjax.tmp/_static/mathjax \
+		--strip-components=1 package/es5 package/LICENSE
+	rm _deps/mathjax.tmp/mathjax-$(MATHJAX_VERSION).tgz
+	rm -rf _deps/mathjax-site && mv _deps/mathjax.tmp _deps/mathjax-site
+
+mathjax: $(MATHJAX)
+
+book: $(STAMP) $(MATHJAX)
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+test: $(STAMP) $(MATHJAX)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+export: $(STAMP)
+	$(BIN)/python tools/nbexport.py
+
+execute: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python tools/run_notebooks.py $(NB)
+
+lock: $(STAMP)
+	{ echo "# The tested environment, pinned exactly: pip install -c constraints.txt -e \".[dev]\""; \
+	  echo "# Regenerate with \`make lock\` (Python 3.11, x86_64 Linux)."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^going[-_]modular'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	touch $(STAMP)
+
+clean:
+	rm -rf _build _deps build *.egg-info
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name .ipynb_checkpoints \) -type d -print0 | xargs -0 rm -rf
