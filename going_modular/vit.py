@@ -8,15 +8,15 @@ D embedding size, L blocks, T = N + 1 tokens (with the class token), K classes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-import torch
 import math
-from torch import nn
-import torch.nn.functional as F
-from collections import OrderedDict
 import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 def to_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:

@@ -107,17 +107,44 @@ def collect(notebooks: Path = NOTEBOOKS) -> dict[str, Module]:
     return modules
 
 
+def _import_block(statements: list[str]) -> list[str]:
+    """Merge and sort import statements into groups: __future__, standard library, third party, local.
+
+    ``from m import a`` and ``from m import b`` become ``from m import a, b``; plain imports precede
+    from-imports within a group, as isort orders them.
+    """
+    plain: set[str] = set()
+    names: dict[str, set[str]] = {}
+    for statement in statements:
+        for node in ast.parse(statement).body:
+            if isinstance(node, ast.Import):
+                plain.update(f"import {a.name}" + (f" as {a.asname}" if a.asname else "") for a in node.names)
+            else:
+                module = "." * node.level + (node.module or "")
+                names.setdefault(module, set()).update(a.name + (f" as {a.asname}" if a.asname else "") for a in node.names)
+
+    def group(module: str) -> int:
+        top = module.lstrip(".").split(".")[0]
+        if top == "__future__":
+            return 0
+        if top in sys.stdlib_module_names:
+            return 1
+        return 3 if module.startswith(".") or top == PACKAGE.name else 2
+
+    lines = [(group(s.split()[1]), 0, s.split()[1], s) for s in plain]
+    lines += [(group(m), 1, m, f"from {m} import {', '.join(sorted(n))}") for m, n in names.items()]
+    groups: dict[int, list[str]] = {}
+    for key, _, _, line in sorted(lines):
+        groups.setdefault(key, []).append(line)
+    return ["\n".join(lines) + "\n" for _, lines in sorted(groups.items())]
+
+
 def render(module: Module) -> str:
     """The text of one generated module."""
     parts = [HEADER.format(sources=", ".join(module.sources))]
     if module.docstring is not None:
         parts.append('"""' + module.docstring + '"""\n')
-    future = [imp for imp in module.imports if imp.startswith("from __future__")]
-    others = [imp for imp in module.imports if imp not in future]
-    if future:
-        parts.append("\n".join(future) + "\n")
-    if others:
-        parts.append("\n".join(others) + "\n")
+    parts += _import_block(module.imports)
     text = "\n".join(parts)
     if module.blocks:
         text += "\n\n" + "\n\n\n".join(module.blocks) + "\n"
