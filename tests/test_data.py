@@ -1,0 +1,183 @@
+"""Tests for going_modular.data: preprocessing specs, datasets and seeded DataLoaders."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from going_modular.data import (Preprocess, UnreadableImageError, build_transform, create_dataloaders,
+                                load_digits_data, load_image_folder, make_preprocessing, read_image)
+
+
+def write_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 3, size=(12, 10)) -> Path:
+    """A tiny ImageFolder with train/ and test/ splits of random RGB PNGs."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def spec():
+    return make_preprocessing(8, channels=1, max_value=16.0, mean=[0.5], std=[0.25])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(image_size=0), "image_size"),
+    (dict(image_size=(8, 8, 8)), "image_size"),
+    (dict(channels=2), "channels"),
+    (dict(max_value=0), "max_value"),
+    (dict(mean=[0.5, 0.5]), "mean and std"),
+    (dict(std=[0.0]), "std must be positive"),
+    (dict(interpolation="nearest"), "interpolation"),
+])
+def test_make_preprocessing_rejects_bad_values(kwargs, message):
+    arguments = dict(image_size=8, channels=1, max_value=16.0, mean=[0.5], std=[0.5]) | kwargs
+    with pytest.raises(ValueError, match=message):
+        make_preprocessing(**arguments)
+
+
+def test_preprocess_scales_and_normalises(spec):
+    raw = np.arange(64, dtype=np.float64).reshape(8, 8) % 17  # values 0..16
+    x = Preprocess(spec)(raw)
+    assert x.shape == (1, 8, 8) and x.dtype == torch.float32
+    expected = (torch.as_tensor(raw, dtype=torch.float32) / 16.0 - 0.5) / 0.25
+    torch.testing.assert_close(x[0], expected)
+
+
+def test_preprocess_resizes_and_converts_channels():
+    spec = make_preprocessing((6, 4), channels=3, max_value=255.0, mean=[0.0] * 3, std=[1.0] * 3)
+    grey = Image.fromarray(np.full((20, 30), 255, dtype=np.uint8))  # a constant image stays constant
+    x = Preprocess(spec)(grey)
+    assert x.shape == (3, 6, 4)
+    torch.testing.assert_close(x, torch.ones(3, 6, 4))
+
+
+def test_preprocess_rejects_bad_input(spec):
+    with pytest.raises(TypeError, match="PIL image or a numpy array"):
+        Preprocess(spec)([[0, 1], [2, 3]])
+    with pytest.raises(ValueError, match="shape"):
+        Preprocess(spec)(np.zeros((8, 8, 3)))
+    with pytest.raises(ValueError, match="lacks"):
+        Preprocess({"image_size": [8, 8]})
+
+
+def test_augmented_transform_keeps_shape_and_varies():
+    spec = make_preprocessing(16, channels=3, max_value=255.0, mean=[0.5] * 3, std=[0.5] * 3)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    augment = build_transform(spec, augment=True)
+    torch.manual_seed(0)
+    outputs = [augment(image) for _ in range(8)]
+    assert all(out.shape == (3, 16, 16) for out in outputs)
+    assert any(not torch.equal(outputs[0], out) for out in outputs[1:])
+    torch.manual_seed(0)
+    assert torch.equal(augment(image), outputs[0])
+
+
+def test_digits_split_is_stratified_and_seeded():
+    data = load_digits_data(seed=0)
+    assert len(data.train) + len(data.test) == 1797
+    assert data.class_names == [str(d) for d in range(10)]
+    train_labels, test_labels = data.train.tensors[1], data.test.tensors[1]
+    counts = torch.bincount(train_labels, minlength=10) + torch.bincount(test_labels, minlength=10)
+    assert torch.all((torch.bincount(test_labels, minlength=10) - 0.2 * counts).abs() <= 1)
+    assert torch.equal(load_digits_data(seed=0).test.tensors[0], data.test.tensors[0])
+    assert not torch.equal(load_digits_data(seed=1).test.tensors[0], data.test.tensors[0])
+    image = data.train.tensors[0]
+    assert image.shape[1:] == (1, 8, 8) and image.min() == -1 and image.max() == 1
+
+
+def test_digits_can_be_upsampled():
+    data = load_digits_data(image_size=16)
+    assert data.train[0][0].shape == (1, 16, 16)
+    assert data.preprocessing["image_size"] == [16, 16]
+    with pytest.raises(ValueError, match="test_size"):
+        load_digits_data(test_size=1.5)
+
+
+def test_image_folder_keeps_class_names(tmp_path):
+    root = write_image_folder(tmp_path / "pets")
+    data = load_image_folder(root, image_size=8)
+    assert data.class_names == ["cat", "dog"]
+    assert len(data.train) == len(data.test) == 6
+    image, label = data.test[5]
+    assert image.shape == (3, 8, 8) and label == 1
+    assert data.preprocessing["max_value"] == 255.0
+
+
+def test_image_folder_in_grey(tmp_path):
+    data = load_image_folder(write_image_folder(tmp_path / "pets"), image_size=8, channels=1)
+    assert data.train[0][0].shape == (1, 8, 8) and len(data.preprocessing["mean"]) == 1
+
+
+def test_image_folder_rejects_bad_layouts(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load_image_folder(tmp_path / "missing")
+    root = write_image_folder(tmp_path / "pets")
+    (root / "test" / "dog").rename(root / "test" / "bird")
+    with pytest.raises(ValueError, match="same class folders"):
+        load_image_folder(root, image_size=8)
+    only_train = tmp_path / "only_train"
+    (only_train / "train" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="test"):
+        load_image_folder(only_train)
+
+
+def test_unreadable_image_is_named_before_training(tmp_path):
+    root = write_image_folder(tmp_path / "pets")
+    broken = root / "train" / "dog" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(UnreadableImageError, match="broken.png"):
+        load_image_folder(root, image_size=8)
+    data = load_image_folder(root, image_size=8, check_images=False)  # found later, when it is read
+    index = [Path(p).name for p, _ in data.train.samples].index("broken.png")
+    with pytest.raises(UnreadableImageError, match="broken.png"):
+        data.train[index]
+
+
+def test_read_image_returns_a_loaded_copy(tmp_path):
+    path = tmp_path / "x.png"
+    Image.fromarray(np.zeros((4, 5, 3), dtype=np.uint8)).save(path)
+    image = read_image(path)
+    assert image.size == (5, 4)
+    path.unlink()  # the file is closed, the pixels stay
+    assert np.asarray(image).shape == (4, 5, 3)
+
+
+def test_dataloaders_are_seeded():
+    data = load_digits_data(seed=0)
+    first = [labels for _, labels in create_dataloaders(data, batch_size=100, seed=3)[0]]
+    again = [labels for _, labels in create_dataloaders(data, batch_size=100, seed=3)[0]]
+    other = [labels for _, labels in create_dataloaders(data, batch_size=100, seed=4)[0]]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert sum(len(b) for b in first) == len(data.train)
+
+
+def test_dataloaders_test_split_is_not_shuffled_and_cpu_does_not_pin():
+    data = load_digits_data(seed=0)
+    train, test = create_dataloaders(data, batch_size=64)
+    labels = torch.cat([y for _, y in test])
+    assert torch.equal(labels, data.test.tensors[1])
+    assert train.num_workers == 0 and not train.pin_memory
+    with pytest.raises(ValueError, match="batch_size"):
+        create_dataloaders(data, batch_size=0)
+
+
+def test_worker_augmentations_repeat_under_a_seed(tmp_path):
+    data = load_image_folder(write_image_folder(tmp_path / "pets"), image_size=8, augment=True)
+    assert create_dataloaders(data)[0].num_workers >= 1  # files are decoded in workers by default
+
+    def first_epoch(seed: int) -> torch.Tensor:
+        train, _ = create_dataloaders(data, batch_size=6, seed=seed, num_workers=1)
+        return torch.cat([x for x, _ in train])
+
+    assert torch.equal(first_epoch(0), first_epoch(0))
+    assert not torch.equal(first_epoch(0), first_epoch(1))
+

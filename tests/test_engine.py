@@ -1,0 +1,221 @@
+"""Tests for going_modular.engine: optimiser, schedule, train / test steps and the training loop."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from going_modular.data import create_dataloaders, load_digits_data
+from going_modular import engine
+from going_modular.engine import (NonFiniteLossError, build_optimizer, build_scheduler, init_truncated_normal, train,
+                                  train_step)
+from going_modular.utils import set_seed
+from going_modular.vit import ViT
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest, and reproducibly, on one thread; restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_vit() -> ViT:
+    return ViT(img_size=8, patch_size=4, in_channels=1, num_classes=10, embed_dim=16, depth=1, num_heads=2)
+
+
+class Lookup(nn.Module):
+    """Logits = 10 * one-hot of the class written in x[:, 0]; NaN logits where x[:, 1] is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = 10 * F.one_hot(x[:, 0].long(), 3).float() * self.weight
+        return torch.where(x[:, 1:2] > 0, torch.full_like(logits, math.nan), logits)
+
+
+def lookup_loader(predicted: list[int], labels: list[int], batch_size: int, nan_at: int | None = None) -> DataLoader:
+    x = torch.zeros(len(labels), 2)
+    x[:, 0] = torch.tensor(predicted, dtype=torch.float)
+    if nan_at is not None:
+        x[nan_at, 1] = 1
+    return DataLoader(TensorDataset(x, torch.tensor(labels)), batch_size=batch_size)
+
+
+def test_optimizer_groups_and_betas():
+    model = tiny_vit()
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.1)
+    decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in decayed}
+    assert "blocks.0.msa.qkv.weight" in names and "head.weight" in names and "patch_embedding.proj.weight" in names
+    assert not names & {"class_token", "position_embedding", "blocks.0.ln_1.weight", "blocks.0.msa.qkv.bias"}
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    assert optimizer.defaults["betas"] == (0.9, 0.999)
+    with pytest.raises(ValueError, match="lr"):
+        build_optimizer(model, lr=0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        build_optimizer(model, weight_decay=-1)
+
+
+def learning_rates(total: int, warmup: int, decay: str, lr: float = 1.0) -> list[float]:
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=lr)
+    scheduler = build_scheduler(optimizer, total_steps=total, warmup_steps=warmup, decay=decay)
+    rates = []
+    for _ in range(total):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_schedule_warms_up_linearly_then_decays(decay):
+    rates = learning_rates(total=50, warmup=10, decay=decay)
+    warm = rates[:11]
+    assert warm[0] == pytest.approx(0.1) and warm[10] == pytest.approx(1.0)
+    steps = [b - a for a, b in zip(warm, warm[1:])]
+    assert max(steps) - min(steps) < 1e-9  # a straight line
+    assert all(a > b for a, b in zip(rates[10:], rates[11:]))  # strictly decreasing after the peak
+    assert rates[-1] < 0.05
+
+
+def test_linear_and_cosine_decays_differ_at_the_middle():
+    cosine, linear = learning_rates(40, 0, "cosine"), learning_rates(40, 0, "linear")
+    assert cosine[0] == linear[0] == 1.0
+    assert linear[20] == pytest.approx(0.5)
+    assert cosine[10] > linear[10]  # cosine stays high longer
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(total_steps=0), "total_steps"),
+    (dict(total_steps=10, warmup_steps=10), "warmup_steps"),
+    (dict(total_steps=10, decay="step"), "decay"),
+])
+def test_schedule_rejects_bad_arguments(kwargs, message):
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    with pytest.raises(ValueError, match=message):
+        build_scheduler(optimizer, **kwargs)
+
+
+def test_metrics_are_weighted_by_samples_not_batches():
+    # batch 1: 1 of 4 right; batch 2: 1 of 1 right. Per sample 2/5; the mean of batches would be 5/8.
+    loader = lookup_loader(predicted=[0, 1, 1, 1, 2], labels=[0, 0, 0, 0, 2], batch_size=4)
+    model = Lookup()
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = loader.dataset.tensors
+    expected_loss = F.cross_entropy(model(x), y).item()
+    tested = engine.test_step(model, loader, loss_fn, device=torch.device("cpu"))
+    assert tested["accuracy"] == pytest.approx(2 / 5)
+    assert tested["loss"] == pytest.approx(expected_loss)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    trained = train_step(model, loader, loss_fn, optimizer, device=torch.device("cpu"))
+    assert trained["accuracy"] == pytest.approx(2 / 5)
+    assert trained["loss"] == pytest.approx(expected_loss)
+
+
+def test_non_finite_loss_names_epoch_and_step():
+    loader = lookup_loader(predicted=[0] * 6, labels=[0] * 6, batch_size=2, nan_at=3)
+    model = Lookup()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteLossError, match="epoch 7, step 2"):
+        train_step(model, loader, nn.CrossEntropyLoss(), optimizer, device=torch.device("cpu"), epoch=7)
+
+
+def test_gradient_clipping_bounds_the_update():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    before = [p.detach().clone() for p in model.parameters()]
+    loader = DataLoader(TensorDataset(100 * torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,))), batch_size=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # the update equals the clipped gradient
+    train_step(model, loader, nn.CrossEntropyLoss(), optimizer, device=torch.device("cpu"), clip_norm=1e-3)
+    update = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert update.norm().item() == pytest.approx(1e-3, rel=1e-3)  # the raw gradient norm is far above 1e-3
+
+
+def test_empty_loader_is_an_error():
+    empty = DataLoader(TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)), batch_size=2)
+    with pytest.raises(ValueError, match="no batches"):
+        engine.test_step(Lookup(), empty, nn.CrossEntropyLoss(), device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def digits_loaders():
+    return create_dataloaders(load_digits_data(seed=0), batch_size=128, seed=0)
+
+
+def test_train_learns_and_returns_history(digits_loaders, capsys):
+    set_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # logistic regression on the pixels
+    history = train(model, *digits_loaders, epochs=3, lr=0.05, weight_decay=0.0, warmup_steps=2, progress=True)
+    assert set(history) == {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds"}
+    assert all(len(values) == 3 for values in history.values())
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert history["test_accuracy"][-1] > 0.8  # chance is 0.1
+    assert history["lr"][-1] < history["lr"][0]
+    assert "epoch 3/3" in capsys.readouterr().out
+
+
+def test_training_is_deterministic_under_a_seed(digits_loaders):
+    def run() -> dict[str, list[float]]:
+        set_seed(0)
+        train_loader, test_loader = create_dataloaders(load_digits_data(seed=0), batch_size=128, seed=0)
+        history = train(tiny_vit(), train_loader, test_loader, epochs=2, lr=3e-3, warmup_steps=3, progress=False)
+        del history["seconds"]
+        return history
+
+    first = run()
+    assert first == run()
+    assert first["train_loss"][0] != first["train_loss"][1]
+
+
+def test_bf16_autocast_runs_on_cpu(digits_loaders):
+    set_seed(0)
+    history = train(tiny_vit(), *digits_loaders, epochs=1, amp="bf16", progress=False)
+    assert math.isfinite(history["train_loss"][0]) and history["test_accuracy"][0] > 0
+
+
+class Untouchable:
+    """A loader that fails the test if training ever starts iterating it."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __iter__(self):
+        raise AssertionError("training started before the arguments were checked")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(epochs=0), "epochs"),
+    (dict(amp="fp8"), "amp"),
+    (dict(amp="fp16"), "CUDA"),
+    (dict(label_smoothing=1.0), "label_smoothing"),
+    (dict(clip_norm=0.0), "clip_norm"),
+    (dict(warmup_steps=4), "warmup_steps"),
+])
+def test_bad_arguments_fail_before_training(kwargs, message):
+    if kwargs.get("amp") == "fp16" and torch.cuda.is_available():
+        pytest.skip("fp16 is allowed when CUDA is available")
+    arguments = dict(epochs=1) | kwargs
+    with pytest.raises(ValueError, match=message):
+        train(tiny_vit(), Untouchable(), Untouchable(), progress=False, **arguments)
+
+
+def test_truncated_normal_init_redraws_weights_and_zeroes_biases():
+    torch.manual_seed(0)
+    model = ViT(img_size=8, patch_size=2, in_channels=1, num_classes=10, embed_dim=64, depth=2, num_heads=4)
+    before = model.position_embedding.detach().clone()
+    assert init_truncated_normal(model, std=0.02) is model
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            assert module.weight.std().item() == pytest.approx(0.02, rel=0.25)
+            assert module.bias is None or not module.bias.any()
+    assert torch.equal(model.position_embedding, before)  # only Linear and Conv2d layers are redrawn
+    with pytest.raises(ValueError, match="std"):
+        init_truncated_normal(model, std=0)

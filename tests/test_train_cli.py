@@ -1,0 +1,129 @@
+"""Tests for the command line, going_modular.train: flags, errors, and a full run in a subprocess."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from going_modular.data import create_dataloaders, load_digits_data
+from going_modular.train import build_model, build_parser, main
+from going_modular.utils import load_model, predict
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for action in build_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help"
+        assert all(flag in text for flag in action.option_strings)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs"),
+    (["--epochs", "two"], "expected int"),
+    (["--lr", "-1"], "--lr"),
+    (["--label-smoothing", "1"], "--label-smoothing"),
+    (["--model", "XL"], "--model"),
+    (["--amp", "fp8"], "--amp"),
+    (["--no-such-flag"], "unrecognized arguments"),
+    (["--image-size", "10", "--patch-size", "4"], "multiple of --patch-size"),
+    (["--device", "tpu"], "--device"),
+    (["--epochs", "1", "--warmup-steps", "1000"], "--warmup-steps"),
+])
+def test_bad_flags_exit_2_with_usage(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(argv + ["--output", str(tmp_path / "run")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: vit-train") and message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_build_model_sizes():
+    micro = build_model("micro", image_size=8, patch_size=2, in_channels=1, num_classes=10)
+    assert (micro.config["embed_dim"], micro.config["depth"], micro.config["in_channels"]) == (64, 4, 1)
+    tiny = build_model("Ti", image_size=32, patch_size=8, in_channels=3, num_classes=5, drop_rate=0.1)
+    assert (tiny.config["embed_dim"], tiny.config["num_heads"], tiny.config["drop_rate"]) == (192, 3, 0.1)
+    with pytest.raises(ValueError, match="model size"):
+        build_model("XL", image_size=8, patch_size=2, in_channels=1, num_classes=10)
+
+
+def test_full_run_in_a_subprocess_writes_its_outputs(tmp_path):
+    output = tmp_path / "run"
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    run = subprocess.run([sys.executable, "-m", "going_modular.train", "--epochs", "2", "--warmup-steps", "5",
+                          "--batch-size", "128", "--patch-size", "4", "--output", str(output)],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "1437 train / 360 test images" in run.stdout and "parameters" in run.stdout
+    assert sorted(p.name for p in output.iterdir()) == ["checkpoint", "loss_curve.png", "metrics.json"]
+    assert (output / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert len(metrics["history"]["test_accuracy"]) == 2 and metrics["settings"]["dataset"] == "digits"
+
+    model, metadata = load_model(output / "checkpoint")
+    assert metadata["class_names"] == [str(d) for d in range(10)]
+    assert metadata["preprocessing"]["image_size"] == [8, 8]
+    _, test_loader = create_dataloaders(load_digits_data(seed=0), batch_size=128)
+    predictions, labels = predict(model, test_loader)
+    accuracy = (predictions == labels).float().mean().item()
+    assert accuracy == pytest.approx(metrics["test_accuracy"])  # the checkpoint is the model that was tested
+
+
+def image_folder(root: Path, broken: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for value, name in ((30, "dark"), (220, "light")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(4):
+                pixels = np.clip(value + rng.integers(-20, 20, (8, 8, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    if broken:
+        (root / "test" / "dark" / "0.png").write_bytes(b"garbage")
+    return root
+
+
+def test_trains_on_an_image_folder(tmp_path, capsys):
+    data = image_folder(tmp_path / "data")
+    status = main(["--dataset", str(data), "--image-size", "8", "--patch-size", "4", "--epochs", "1",
+                   "--warmup-steps", "0", "--num-workers", "0", "--no-progress", "--output", str(tmp_path / "run")])
+    assert status == 0
+    _, metadata = load_model(tmp_path / "run" / "checkpoint")
+    assert metadata["class_names"] == ["dark", "light"] and metadata["preprocessing"]["channels"] == 3
+    assert "2 classes" in capsys.readouterr().out
+
+
+def test_unreadable_image_exits_1_naming_it(tmp_path, capsys):
+    data = image_folder(tmp_path / "data", broken=True)
+    status = main(["--dataset", str(data), "--image-size", "8", "--patch-size", "4", "--epochs", "1",
+                   "--output", str(tmp_path / "run")])
+    assert status == 1
+    assert "0.png" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_offline_download_exits_1_quickly(tmp_path, capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    status = main(["--dataset", f"http://127.0.0.1:{port}/food.zip", "--data-dir", str(tmp_path / "data"),
+                   "--timeout", "2", "--output", str(tmp_path / "run")])
+    assert status == 1
+    assert "could not download" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
