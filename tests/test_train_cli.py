@@ -8,19 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from going_modular.data import create_dataloaders, load_digits_data
 from going_modular.train import build_model, build_parser, main
 from going_modular.utils import load_model, predict
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def test_help_documents_every_flag(capsys):
