@@ -18,7 +18,16 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from going_modular.data import DataSplits, DownloadError, UnreadableImageError, create_dataloaders, download_and_extract, load_cifar10, load_digits_data, load_image_folder
+from going_modular.data import (
+    DataSplits,
+    DownloadError,
+    UnreadableImageError,
+    create_dataloaders,
+    download_and_extract,
+    load_cifar10,
+    load_digits_data,
+    load_image_folder,
+)
 from going_modular.engine import AMP_DTYPES, NonFiniteLossError, init_truncated_normal, train
 from going_modular.utils import get_device, plot_curves, save_model, set_seed
 from going_modular.vit import ViT, create_vit

@@ -75,6 +75,16 @@ def test_imports_are_merged_and_grouped_like_isort(tmp_path):
                        "import numpy as np\nimport torch\n\nfrom going_modular.vit import ViT")
 
 
+def test_long_from_imports_are_wrapped(tmp_path):
+    names = [f"a_rather_long_function_name_{k}" for k in range(5)]
+    notebooks = write(tmp_path, "01_a.ipynb", new_code_cell(
+        "#| default_exp mod\n#| export\n" + "".join(f"from pkg.sub import {n}\n" for n in names) + "x = 1"))
+    text = nbexport.export(notebooks)["mod.py"]
+    assert "from pkg.sub import (\n" + "".join(f"    {n},\n" for n in names) + ")\n" in text
+    assert max(len(line) for line in text.splitlines()[1:]) <= 100
+    compile(text, "mod.py", "exec")
+
+
 def test_stale_reports_a_diff_for_changed_extra_and_missing_modules(tmp_path):
     (tmp_path / "a.py").write_text("old\n")
     (tmp_path / "extra.py").write_text("x\n")

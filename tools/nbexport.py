@@ -107,6 +107,14 @@ def collect(notebooks: Path = NOTEBOOKS) -> dict[str, Module]:
     return modules
 
 
+def _from_import(module: str, names: list[str], width: int = 100) -> str:
+    """``from module import a, b``, wrapped one name per line in parentheses when too long."""
+    line = f"from {module} import {', '.join(names)}"
+    if len(line) <= width:
+        return line
+    return f"from {module} import (\n" + "".join(f"    {name},\n" for name in names) + ")"
+
+
 def _import_block(statements: list[str]) -> list[str]:
     """Merge and sort import statements into groups: __future__, standard library, third party, local.
 
@@ -132,7 +140,7 @@ def _import_block(statements: list[str]) -> list[str]:
         return 3 if module.startswith(".") or top == PACKAGE.name else 2
 
     lines = [(group(s.split()[1]), 0, s.split()[1], s) for s in plain]
-    lines += [(group(m), 1, m, f"from {m} import {', '.join(sorted(n))}") for m, n in names.items()]
+    lines += [(group(m), 1, m, _from_import(m, sorted(n))) for m, n in names.items()]
     groups: dict[int, list[str]] = {}
     for key, _, _, line in sorted(lines):
         groups.setdefault(key, []).append(line)
