@@ -41,14 +41,14 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from going_modular.vit import to_pair
+
 
 def make_preprocessing(image_size: int | Sequence[int], channels: int, max_value: float,
                        mean: Sequence[float], std: Sequence[float], *,
                        interpolation: str = "bilinear", antialias: bool = True) -> dict:
     """Validate the parts of a preprocessing spec and return it as a JSON-serialisable dict."""
-    size = [image_size, image_size] if isinstance(image_size, int) else list(image_size)
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f"image_size must be a positive int or a pair of them, got {image_size!r}")
+    size = list(to_pair(image_size, "image_size"))
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     if not max_value > 0:
