@@ -13,7 +13,7 @@ import argparse
 import torch
 from timing import median_seconds
 
-from going_modular.vit import create_vit
+from going_modular import create_vit
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from going_modular import numpy_vit
     from going_modular.utils import save_model
-    from going_modular.vit import create_vit
+    from going_modular import create_vit
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

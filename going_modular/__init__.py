@@ -2,10 +2,15 @@
 
 """going_modular: the Vision Transformer of "An Image is Worth 16x16 Words", built chapter by chapter.
 
-Modules: ``vit`` (the model), ``data``, ``engine``, ``utils``, ``train`` (training and its command
-line) and ``numpy_vit`` (the forward pass in NumPy). Every module is exported from the book's chapters.
+One module per chapter, each exported from the chapter that teaches it: ``patches``, ``embedding``
+(Equation 1), ``attention`` (Equation 2), ``block`` (Equation 3), ``vit`` (Equation 4), ``variants``
+(Table 1), ``porting`` (torchvision and timm weights), ``engine`` (training), ``numpy_vit`` (the
+forward pass in NumPy), and the appendices' plumbing. The model's names are importable from the
+package itself (``from going_modular import create_vit``); they are loaded on first use, so that
+``going_modular.numpy_vit`` can be imported without PyTorch.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 
@@ -13,3 +18,35 @@ try:
     __version__ = version("going_modular")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
+
+_MODULE_OF = {
+    "patchify": "patches",
+    "PatchEmbedding": "embedding",
+    "ConvStem": "embedding",
+    "resize_position_embedding": "embedding",
+    "MultiHeadSelfAttention": "attention",
+    "MLP": "block",
+    "DropPath": "block",
+    "EncoderBlock": "block",
+    "ViT": "vit",
+    "create_vit": "variants",
+    "count_parameters": "variants",
+    "count_macs": "variants",
+    "StateDictMismatchError": "porting",
+    "load_torchvision_state_dict": "porting",
+    "load_timm_state_dict": "porting",
+    "to_torchvision_state_dict": "porting",
+    "to_timm_state_dict": "porting",
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    """Import ``name`` from the module that defines it, the first time it is asked for (PEP 562)."""
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'going_modular' has no attribute {name!r}")
+    return getattr(import_module(f"going_modular.{_MODULE_OF[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

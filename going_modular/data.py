@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from going_modular.vit import to_pair
+from going_modular.patches import to_pair
 
 
 def make_preprocessing(image_size: int | Sequence[int], channels: int, max_value: float,

@@ -30,7 +30,8 @@ from going_modular.data import (
 )
 from going_modular.engine import AMP_DTYPES, NonFiniteLossError, init_truncated_normal, train
 from going_modular.utils import get_device, plot_curves, save_model, set_seed
-from going_modular.vit import ViT, create_vit
+from going_modular.variants import create_vit
+from going_modular.vit import ViT
 
 
 MODEL_SIZES = ("micro", "Ti", "S", "B", "L", "H")

@@ -14,7 +14,7 @@ from safetensors.numpy import save_file as save_numpy_safetensors
 
 from going_modular import numpy_vit as nv
 from going_modular.utils import save_model
-from going_modular.vit import ViT, create_vit
+from going_modular import ViT, create_vit
 
 
 def save(model: ViT, directory: Path) -> Path:

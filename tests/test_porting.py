@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer
 
-from going_modular.vit import (
+from going_modular import (
     StateDictMismatchError, ViT, create_vit, load_timm_state_dict, load_torchvision_state_dict,
     to_timm_state_dict, to_torchvision_state_dict,
 )

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.vision_transformer import EncoderBlock as TorchvisionEncoderBlock
 
-from going_modular.vit import (
+from going_modular import (
     MLP, ConvStem, DropPath, EncoderBlock, MultiHeadSelfAttention, PatchEmbedding, ViT, count_macs,
     count_parameters, create_vit, patchify, resize_position_embedding,
 )
