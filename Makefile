@@ -22,10 +22,14 @@ MATHJAX_VERSION ?= 3.2.2
 MATHJAX_DIR := _deps/mathjax-site/_static/mathjax
 MATHJAX := $(MATHJAX_DIR)/es5/tex-mml-chtml.js
 
-.PHONY: help install mathjax book test export execute lock clean
+# What `make check` lints and format-checks (ruff, settings in pyproject.toml).
+LINT_PATHS := going_modular tools tests benchmarks book/_ext notebooks
+
+.PHONY: help install mathjax book check test export execute lock clean
 
 help:
 	@echo "make book      build the HTML book into _build/html (no execution)"
+	@echo "make check     the fast gate (seconds): going_modular/ is a fresh export, ruff lint and format check"
 	@echo "make test      run the unit tests, nbval over every chapter and the book build"
 	@echo "make export    regenerate going_modular/ from the chapters"
 	@echo "make execute   re-execute chapters in place (NB=notebooks/02_x.ipynb for one)"
@@ -55,6 +59,15 @@ mathjax: $(MATHJAX)
 
 book: $(STAMP) $(MATHJAX)
 	$(BIN)/jupyter-book build . -W -n --keep-going
+
+# Run before every commit. Fix with `make export`, `$(BIN)/ruff check --fix` and `$(BIN)/ruff format`.
+# All three run, so one pass reports every problem; the target fails if any of them failed.
+check: $(STAMP)
+	@status=0; \
+	echo "== export check"; $(BIN)/python tools/nbexport.py --check || status=1; \
+	echo "== ruff check"; $(BIN)/python -m ruff check --output-format concise $(LINT_PATHS) || status=1; \
+	echo "== ruff format --check"; $(BIN)/python -m ruff format --check --output-format concise $(LINT_PATHS) || status=1; \
+	exit $$status
 
 test: $(STAMP) $(MATHJAX)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

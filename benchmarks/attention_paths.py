@@ -6,6 +6,7 @@ prints the measured median forward time of each path and their ratio (no target:
 
     python benchmarks/attention_paths.py [--model Ti/16] [--img-size 224] [--batch 8] [--repeats 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ def main() -> None:
         default = median_seconds(lambda: model(x), args.repeats)
         with_maps = median_seconds(lambda: model(x, return_attention=True), args.repeats)
     tokens = (args.img_size // model.patch_size[0]) * (args.img_size // model.patch_size[1]) + 1
-    print(f"ViT-{args.model}, batch {args.batch}, {tokens} tokens, {torch.get_num_threads()} threads, "
-          f"device cpu, torch {torch.__version__}")
+    print(
+        f"ViT-{args.model}, batch {args.batch}, {tokens} tokens, {torch.get_num_threads()} threads, "
+        f"device cpu, torch {torch.__version__}"
+    )
     print(f"default path (scaled_dot_product_attention): {default * 1e3:8.1f} ms")
     print(f"return_attention=True (explicit softmax):     {with_maps * 1e3:8.1f} ms")
     print(f"ratio with maps / default: {with_maps / default:.2f}")

@@ -11,6 +11,7 @@ Usage::
     HF_HUB_OFFLINE=1 python benchmarks/numpy_forward.py                 # ViT-Ti/16 at 224x224
     HF_HUB_OFFLINE=1 python benchmarks/numpy_forward.py --threads 1 --variant S/16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variant", default="Ti/16", help="a create_vit variant (default Ti/16)")
     parser.add_argument("--img-size", type=int, default=224, help="image height and width (default 224)")
     parser.add_argument("--repeats", type=int, default=20, help="timed forward passes per side (default 20)")
-    parser.add_argument("--threads", type=int, default=None, help="threads for NumPy's BLAS and PyTorch "
-                        "(default: each library's own default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for NumPy's BLAS and PyTorch (default: each library's own default)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
@@ -48,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from going_modular import numpy_vit
-    from going_modular.utils import save_model
-    from going_modular import create_vit
+    from going_modular import create_vit, numpy_vit
+    from going_modular.checkpoint import save_model
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -78,10 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     torch_s = median_seconds(torch_forward, args.repeats)
 
     threads = "library defaults" if args.threads is None else str(args.threads)
-    print(f"ViT-{args.variant} at {args.img_size}x{args.img_size}, batch 1, median of {args.repeats} runs, "
-          f"threads: {threads} (torch uses {torch.get_num_threads()}, cpus {os.cpu_count()})")
-    print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    print(
+        f"ViT-{args.variant} at {args.img_size}x{args.img_size}, batch 1, median of {args.repeats} runs, "
+        f"threads: {threads} (torch uses {torch.get_num_threads()}, cpus {os.cpu_count()})"
+    )
+    print(
+        f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
+    )
     print(f"max |numpy - torch| logit difference: {difference:.2e}")
     print(f"numpy forward:   {numpy_s * 1e3:8.1f} ms")
     print(f"pytorch forward: {torch_s * 1e3:8.1f} ms")

@@ -9,6 +9,7 @@ median round of each is reported, with the ratio going_modular / timm (above 1: 
 
     HF_HUB_OFFLINE=1 python benchmarks/train_throughput.py [--batch-size 64] [--steps 20] [--rounds 5]
 """
+
 import argparse
 import os
 import statistics
@@ -63,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    models = {"going_modular": ViT(in_channels=1, **CONFIG),
-              "timm": VisionTransformer(in_chans=1, **CONFIG)}
+    models = {"going_modular": ViT(in_channels=1, **CONFIG), "timm": VisionTransformer(in_chans=1, **CONFIG)}
     counts = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
     if len(set(counts.values())) != 1:
         raise SystemExit(f"the two models differ in size: {counts}")
@@ -79,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             seconds[name].append(round_seconds(models[name], optimizers[name], data))
     rate = {name: args.batch_size * args.steps / statistics.median(values) for name, values in seconds.items()}
 
-    print(f"config: {CONFIG} | {counts['timm']:,} parameters | batch {args.batch_size} | "
-          f"{args.steps} steps x {args.rounds} rounds | {torch.get_num_threads()} threads | torch {torch.__version__}")
+    print(
+        f"config: {CONFIG} | {counts['timm']:,} parameters | batch {args.batch_size} | "
+        f"{args.steps} steps x {args.rounds} rounds | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    )
     for name in models:
         print(f"{name:>14}: {rate[name]:8.0f} images/s (median round {statistics.median(seconds[name]):.3f} s)")
     print(f"ratio going_modular / timm: {rate['going_modular'] / rate['timm']:.2f}")

@@ -1,8 +1,13 @@
-"""Test-session settings that must hold before anything imports timm or starts a kernel."""
+"""Test-session settings that must hold before anything imports timm or starts a kernel, and shared helpers.
+
+Helpers are plain functions, imported by the test modules with ``from conftest import randomise_head``.
+"""
+
 import os
 
 import pytest
 import torch
+from torch import nn
 
 # timm looks for pretrained weights on the Hugging Face Hub unless told to stay offline; the
 # kernels that nbval starts inherit this environment, so the chapters stay offline too.
@@ -20,3 +25,38 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def randomise_head(model: nn.Module, std: float = 0.05) -> nn.Module:
+    """Draw the zero-initialised head (weight and bias) and class token from N(0, std²), in place.
+
+    A ViT starts with a zero head (and a zero class token), so every logit is 0 and any comparison
+    between two models would pass. Works on going_modular's ViT (``head``, ``class_token``),
+    torchvision's VisionTransformer (``heads.head``, ``class_token``) and timm's (``head``,
+    ``cls_token``). Returns ``model``; uses the global torch generator (seed it first).
+    """
+    head = model.heads.head if hasattr(model, "heads") else model.head
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"expected a model with a Linear head, got {type(head).__name__}")
+    token = model.class_token if hasattr(model, "class_token") else model.cls_token
+    with torch.no_grad():
+        for tensor in (head.weight, head.bias, token):
+            if tensor is not None:
+                tensor.normal_(std=std)
+    return model
+
+
+def randomise_all(model: nn.Module, std: float, *, replace: bool = False) -> nn.Module:
+    """Give every parameter a non-trivial value, in place; return ``model`` in eval mode.
+
+    Not only the head: biases start at 0 and LayerNorms at the identity, and a comparison should
+    exercise every weight. ``replace=False`` adds N(0, std²) noise to each parameter (keeping the
+    initialiser's scale); ``replace=True`` redraws each from N(0, std²). Uses the global generator.
+    """
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if replace:
+                parameter.normal_(0, std)
+            else:
+                parameter.add_(std * torch.randn_like(parameter))
+    return model.eval()

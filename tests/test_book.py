@@ -4,6 +4,7 @@ One build per test session (a module fixture), from the chapters' stored outputs
 folder: the repository's own ``_build`` is never touched. Every expectation is derived from
 ``_config.yml`` and ``_toc.yml``, the single place where the repository and the chapters are named.
 """
+
 from __future__ import annotations
 
 import html
@@ -74,7 +75,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("book")
     result = subprocess.run(
         [jupyter_book(), "build", str(ROOT), "-W", "-n", "--keep-going", "--path-output", str(out)],
-        capture_output=True, text=True, timeout=900)
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, f"book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
     return out / "_build" / "html"
 
@@ -144,21 +148,32 @@ def colab_badge():
 
 
 def test_badge_url_follows_the_configured_repository() -> None:
-    options = {"repository_url": "https://github.com/someone/fork.git", "repository_branch": "dev",
-               "path_to_docs": "docs/", "launch_buttons": {"colab_url": "https://colab.example/"}}
+    options = {
+        "repository_url": "https://github.com/someone/fork.git",
+        "repository_branch": "dev",
+        "path_to_docs": "docs/",
+        "launch_buttons": {"colab_url": "https://colab.example/"},
+    }
     url = colab_badge().colab_url(options, "notebooks/05_vit.ipynb")
     assert url == "https://colab.example/github/someone/fork/blob/dev/docs/notebooks/05_vit.ipynb"
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"repository_url": "https://gitlab.com/someone/fork"}, "github.com/<owner>/<repo>"),
-    ({"repository_url": "https://github.com/someone"}, "github.com/<owner>/<repo>"),
-    ({"repository_branch": ""}, "repository.branch"),
-    ({"launch_buttons": {}}, "colab_url"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"repository_url": "https://gitlab.com/someone/fork"}, "github.com/<owner>/<repo>"),
+        ({"repository_url": "https://github.com/someone"}, "github.com/<owner>/<repo>"),
+        ({"repository_branch": ""}, "repository.branch"),
+        ({"launch_buttons": {}}, "colab_url"),
+    ],
+)
 def test_badge_rejects_an_unusable_configuration(change: dict, message: str) -> None:
-    options = {"repository_url": "https://github.com/someone/fork", "repository_branch": "main",
-               "launch_buttons": {"colab_url": "https://colab.research.google.com"}} | change
+    options = {
+        "repository_url": "https://github.com/someone/fork",
+        "repository_branch": "main",
+        "launch_buttons": {"colab_url": "https://colab.research.google.com"},
+    } | change
     from sphinx.errors import ExtensionError
+
     with pytest.raises(ExtensionError, match=re.escape(message)):
         colab_badge().colab_url(options, "notebooks/05_vit.ipynb")

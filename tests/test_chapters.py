@@ -1,4 +1,5 @@
 """Structure every chapter must have; nbval (run by pytest on notebooks/) checks their outputs."""
+
 from __future__ import annotations
 
 import re
@@ -10,13 +11,41 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
-TOC = (ROOT / "_toc.yml").read_text()
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+# The learner's path: every notebook outside the parts whose caption starts with "Appendix".
+MAIN_PATH = {
+    chapter["file"]
+    for part in TOC["parts"]
+    if not part["caption"].startswith("Appendix")
+    for chapter in part["chapters"]
+    if chapter["file"].startswith("notebooks/")
+}
+MAX_CODE_LINES = 450
+EXERCISE = re.compile(r"^### Exercise (\d+)\b", re.MULTILINE)
+DROPDOWN = re.compile(r"^:::\{dropdown\} (Hint|Solution)\s*$", re.MULTILINE)
+
+
+def code_lines(nb: nbformat.NotebookNode) -> int:
+    """Lines of all code cells, blank lines included."""
+    return sum(len(cell.source.splitlines()) for cell in nb.cells if cell.cell_type == "code")
 
 
 def test_every_chapter_is_in_the_table_of_contents_and_back():
-    listed = set(re.findall(r"file:\s*(notebooks/[\w.-]+)", TOC))
-    assert {f"notebooks/{path.stem}" for path in CHAPTERS} == {name.removesuffix(".ipynb") for name in listed}
+    listed = {
+        chapter["file"]
+        for part in TOC["parts"]
+        for chapter in part["chapters"]
+        if chapter["file"].startswith("notebooks/")
+    }
+    assert {f"notebooks/{path.stem}" for path in CHAPTERS} == listed
+
+
+def test_the_plumbing_lives_in_an_appendix_part():
+    appendix = [part for part in TOC["parts"] if part["caption"].startswith("Appendix")]
+    assert appendix, "_toc.yml needs a part whose caption starts with 'Appendix'"
+    names = {chapter["file"].split("/")[-1] for part in appendix for chapter in part["chapters"]}
+    assert all(name.startswith("A") for name in names), names
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
@@ -34,3 +63,40 @@ def test_chapter_structure(path):
         assert not [out for out in cell.outputs if out.output_type == "error"]
     counts = [cell.execution_count for cell in code]
     assert counts == list(range(1, len(code) + 1)), "cells were not executed once, top to bottom"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_main_path_chapters_stay_short(path):
+    if f"notebooks/{path.stem}" not in MAIN_PATH:
+        pytest.skip("an appendix chapter: no length budget")
+    lines = code_lines(nbformat.read(path, as_version=4))
+    assert lines <= MAX_CODE_LINES, f"{path.name} has {lines} lines of code; the main path allows {MAX_CODE_LINES}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_every_exercise_has_a_hint_and_a_toggled_solution(path):
+    """Each exercise cell holds a Hint and a Solution dropdown; code solutions are hidden cells that assert."""
+    cells = nbformat.read(path, as_version=4).cells
+    start = next(
+        i for i, cell in enumerate(cells) if cell.cell_type == "markdown" and cell.source.startswith("## Exercises")
+    )
+    numbers = []
+    for i, cell in enumerate(cells[start:], start):
+        found = EXERCISE.findall(cell.source) if cell.cell_type == "markdown" else []
+        if not found:
+            continue
+        assert len(found) == 1, f"{path.name}: one exercise per markdown cell, cell {i} has {found}"
+        numbers.append(int(found[0]))
+        assert DROPDOWN.findall(cell.source) == ["Hint", "Solution"], (
+            f"{path.name} exercise {found[0]}: needs a Hint then a Solution dropdown"
+        )
+        after = cells[i + 1] if i + 1 < len(cells) else None
+        if after is not None and after.cell_type == "code":
+            assert "hide-cell" in after.metadata.get("tags", []), (
+                f"{path.name} exercise {found[0]}: hide the solution cell"
+            )
+            assert after.source.startswith(f"# Solution to exercise {found[0]}"), after.source[:60]
+            assert re.search(
+                r"^\s*(assert |torch\.testing\.assert_close|np\.testing\.assert)", after.source, re.MULTILINE
+            ), f"{path.name} exercise {found[0]}: a code solution ends in an assertion that checks it"
+    assert numbers and numbers == list(range(1, len(numbers) + 1)), f"{path.name}: exercises numbered {numbers}"

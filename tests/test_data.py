@@ -1,4 +1,6 @@
-"""Tests for going_modular.data: preprocessing specs, datasets and seeded DataLoaders."""
+"""Tests for going_modular.data: preprocessing specs, datasets, seeding and seeded DataLoaders."""
+
+import random
 from pathlib import Path
 
 import numpy as np
@@ -6,8 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
-from going_modular.data import (Preprocess, UnreadableImageError, build_transform, create_dataloaders,
-                                load_digits_data, load_image_folder, make_preprocessing, read_image)
+from going_modular.data import (
+    Preprocess,
+    UnreadableImageError,
+    build_transform,
+    create_dataloaders,
+    get_device,
+    load_digits_data,
+    load_image_folder,
+    make_preprocessing,
+    read_image,
+    set_seed,
+)
 
 
 def write_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 3, size=(12, 10)) -> Path:
@@ -28,15 +40,18 @@ def spec():
     return make_preprocessing(8, channels=1, max_value=16.0, mean=[0.5], std=[0.25])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(image_size=0), "image_size"),
-    (dict(image_size=(8, 8, 8)), "image_size"),
-    (dict(channels=2), "channels"),
-    (dict(max_value=0), "max_value"),
-    (dict(mean=[0.5, 0.5]), "mean and std"),
-    (dict(std=[0.0]), "std must be positive"),
-    (dict(interpolation="nearest"), "interpolation"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(image_size=0), "image_size"),
+        (dict(image_size=(8, 8, 8)), "image_size"),
+        (dict(channels=2), "channels"),
+        (dict(max_value=0), "max_value"),
+        (dict(mean=[0.5, 0.5]), "mean and std"),
+        (dict(std=[0.0]), "std must be positive"),
+        (dict(interpolation="nearest"), "interpolation"),
+    ],
+)
 def test_make_preprocessing_rejects_bad_values(kwargs, message):
     arguments = dict(image_size=8, channels=1, max_value=16.0, mean=[0.5], std=[0.5]) | kwargs
     with pytest.raises(ValueError, match=message):
@@ -155,8 +170,8 @@ def test_dataloaders_are_seeded():
     first = [labels for _, labels in create_dataloaders(data, batch_size=100, seed=3)[0]]
     again = [labels for _, labels in create_dataloaders(data, batch_size=100, seed=3)[0]]
     other = [labels for _, labels in create_dataloaders(data, batch_size=100, seed=4)[0]]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
     assert sum(len(b) for b in first) == len(data.train)
 
 
@@ -181,3 +196,27 @@ def test_worker_augmentations_repeat_under_a_seed(tmp_path):
     assert torch.equal(first_epoch(0), first_epoch(0))
     assert not torch.equal(first_epoch(0), first_epoch(1))
 
+
+def test_set_seed_repeats_every_generator():
+    def draw() -> tuple:
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    set_seed(123)
+    first = draw()
+    set_seed(123)
+    assert draw() == first
+    set_seed(124)
+    assert draw() != first
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="seed"):
+            set_seed(bad)
+
+
+def test_get_device():
+    assert get_device("cpu") == torch.device("cpu")
+    assert get_device("auto").type in {"cpu", "cuda", "mps"}
+    with pytest.raises(ValueError, match="expected 'auto'"):
+        get_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            get_device("cuda")

@@ -1,4 +1,5 @@
 """The real download code against an HTTP server on 127.0.0.1: good, missing, corrupt, truncated, slow."""
+
 import hashlib
 import io
 import socket
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from going_modular.data import DownloadError, download_and_extract, download_file, load_cifar10, load_image_folder
+from going_modular.data import load_cifar10, load_image_folder
+from going_modular.files import DownloadError, download_and_extract, download_file
 
 
 def png_bytes(value: int) -> bytes:
@@ -43,7 +45,9 @@ def tarred_folder() -> bytes:
 
 
 GOOD = zipped_image_folder()
-CORRUPT = GOOD[: len(GOOD) // 3] + bytes(b ^ 0xFF for b in GOOD[len(GOOD) // 3: len(GOOD) // 2]) + GOOD[len(GOOD) // 2:]
+CORRUPT = (
+    GOOD[: len(GOOD) // 3] + bytes(b ^ 0xFF for b in GOOD[len(GOOD) // 3 : len(GOOD) // 2]) + GOOD[len(GOOD) // 2 :]
+)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -53,8 +57,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (the name http.server expects)
         Handler.hits.append(self.path)
-        bodies = {"/good.zip": GOOD, "/corrupt.zip": CORRUPT, "/garbage.zip": b"this is not an archive",
-                  "/data.tar.gz": tarred_folder()}
+        bodies = {
+            "/good.zip": GOOD,
+            "/corrupt.zip": CORRUPT,
+            "/garbage.zip": b"this is not an archive",
+            "/data.tar.gz": tarred_folder(),
+        }
         if self.path in bodies:
             self.send_response(200)
             self.send_header("Content-Length", str(len(bodies[self.path])))
@@ -117,12 +125,15 @@ def test_tar_archives_are_extracted_too(server, tmp_path):
     assert (dest / "readme.txt").read_bytes() == b"hello"
 
 
-@pytest.mark.parametrize("route, message", [
-    ("missing.zip", "404"),
-    ("corrupt.zip", "corrupt"),
-    ("garbage.zip", "neither a zip nor a tar"),
-    ("truncated.zip", "truncated: got"),
-])
+@pytest.mark.parametrize(
+    "route, message",
+    [
+        ("missing.zip", "404"),
+        ("corrupt.zip", "corrupt"),
+        ("garbage.zip", "neither a zip nor a tar"),
+        ("truncated.zip", "truncated: got"),
+    ],
+)
 def test_failed_downloads_raise_and_leave_nothing(server, tmp_path, route, message):
     with pytest.raises(DownloadError, match=message):
         download_and_extract(f"{server}/{route}", tmp_path / "food", timeout=5)

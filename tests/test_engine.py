@@ -1,4 +1,5 @@
-"""Tests for going_modular.engine: optimiser, schedule, train / test steps and the training loop."""
+"""Tests for going_modular.engine: device, optimiser, schedule, one epoch, evaluation and the training loop."""
+
 import math
 
 import pytest
@@ -7,13 +8,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from going_modular.data import create_dataloaders, load_digits_data
-from going_modular import engine
-from going_modular.engine import (NonFiniteLossError, build_optimizer, build_scheduler, init_truncated_normal, train,
-                                  train_step)
-from going_modular.utils import set_seed
+from going_modular.data import create_dataloaders, load_digits_data, set_seed
+from going_modular.engine import (
+    NonFiniteLossError,
+    build_optimizer,
+    build_scheduler,
+    default_warmup_steps,
+    evaluate,
+    init_truncated_normal,
+    train,
+    train_one_epoch,
+)
 from going_modular.vit import ViT
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -58,6 +64,35 @@ def test_optimizer_groups_and_betas():
         build_optimizer(model, weight_decay=-1)
 
 
+class Declares(nn.Module):
+    """A model that names its own parameters without weight decay, as timm's models do."""
+
+    def __init__(self, names: set[str]) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(4, 3))
+        self.proj = nn.Linear(3, 3)
+        self.names = names
+
+    def no_weight_decay(self) -> set[str]:
+        return self.names
+
+
+def test_optimizer_asks_the_model_which_parameters_to_exempt():
+    decayed, exempt = build_optimizer(Declares({"table"})).param_groups
+    assert [p.shape for p in decayed["params"]] == [(3, 3)]  # proj.weight only
+    assert sorted(tuple(p.shape) for p in exempt["params"]) == [(3,), (4, 3)]  # proj.bias (1-D) and table
+    decayed, _ = build_optimizer(Declares(set())).param_groups
+    assert len(decayed["params"]) == 2  # nothing named: table is decayed like any matrix
+    plain = nn.Sequential(nn.Linear(3, 3))  # no no_weight_decay(): only the 1-D rule
+    assert [p.ndim for p in build_optimizer(plain).param_groups[1]["params"]] == [1]
+    decayed, _ = build_optimizer(Declares({"table", "dist_token"})).param_groups  # timm names absent tokens too
+    assert [p.shape for p in decayed["params"]] == [(3, 3)]
+
+
+def test_default_warmup_is_a_tenth_capped_at_100():
+    assert [default_warmup_steps(n) for n in (5, 69, 460, 1000, 10**6)] == [0, 6, 46, 100, 100]
+
+
 def learning_rates(total: int, warmup: int, decay: str, lr: float = 1.0) -> list[float]:
     optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=lr)
     scheduler = build_scheduler(optimizer, total_steps=total, warmup_steps=warmup, decay=decay)
@@ -74,9 +109,9 @@ def test_schedule_warms_up_linearly_then_decays(decay):
     rates = learning_rates(total=50, warmup=10, decay=decay)
     warm = rates[:11]
     assert warm[0] == pytest.approx(0.1) and warm[10] == pytest.approx(1.0)
-    steps = [b - a for a, b in zip(warm, warm[1:])]
+    steps = [b - a for a, b in zip(warm, warm[1:], strict=False)]
     assert max(steps) - min(steps) < 1e-9  # a straight line
-    assert all(a > b for a, b in zip(rates[10:], rates[11:]))  # strictly decreasing after the peak
+    assert all(a > b for a, b in zip(rates[10:], rates[11:], strict=False))  # strictly decreasing after the peak
     assert rates[-1] < 0.05
 
 
@@ -87,11 +122,14 @@ def test_linear_and_cosine_decays_differ_at_the_middle():
     assert cosine[10] > linear[10]  # cosine stays high longer
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(total_steps=0), "total_steps"),
-    (dict(total_steps=10, warmup_steps=10), "warmup_steps"),
-    (dict(total_steps=10, decay="step"), "decay"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(total_steps=0), "total_steps"),
+        (dict(total_steps=10, warmup_steps=10), "warmup_steps"),
+        (dict(total_steps=10, decay="step"), "decay"),
+    ],
+)
 def test_schedule_rejects_bad_arguments(kwargs, message):
     optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
     with pytest.raises(ValueError, match=message):
@@ -105,11 +143,11 @@ def test_metrics_are_weighted_by_samples_not_batches():
     loss_fn = nn.CrossEntropyLoss()
     x, y = loader.dataset.tensors
     expected_loss = F.cross_entropy(model(x), y).item()
-    tested = engine.test_step(model, loader, loss_fn, device=torch.device("cpu"))
+    tested = evaluate(model, loader, loss_fn, device=torch.device("cpu"))
     assert tested["accuracy"] == pytest.approx(2 / 5)
     assert tested["loss"] == pytest.approx(expected_loss)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    trained = train_step(model, loader, loss_fn, optimizer, device=torch.device("cpu"))
+    trained = train_one_epoch(model, loader, loss_fn, optimizer, device=torch.device("cpu"))
     assert trained["accuracy"] == pytest.approx(2 / 5)
     assert trained["loss"] == pytest.approx(expected_loss)
 
@@ -119,7 +157,7 @@ def test_non_finite_loss_names_epoch_and_step():
     model = Lookup()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(NonFiniteLossError, match="epoch 7, step 2"):
-        train_step(model, loader, nn.CrossEntropyLoss(), optimizer, device=torch.device("cpu"), epoch=7)
+        train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, device=torch.device("cpu"), epoch=7)
 
 
 def test_gradient_clipping_bounds_the_update():
@@ -128,15 +166,15 @@ def test_gradient_clipping_bounds_the_update():
     before = [p.detach().clone() for p in model.parameters()]
     loader = DataLoader(TensorDataset(100 * torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,))), batch_size=8)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # the update equals the clipped gradient
-    train_step(model, loader, nn.CrossEntropyLoss(), optimizer, device=torch.device("cpu"), clip_norm=1e-3)
-    update = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, device=torch.device("cpu"), clip_norm=1e-3)
+    update = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
     assert update.norm().item() == pytest.approx(1e-3, rel=1e-3)  # the raw gradient norm is far above 1e-3
 
 
 def test_empty_loader_is_an_error():
     empty = DataLoader(TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)), batch_size=2)
     with pytest.raises(ValueError, match="no batches"):
-        engine.test_step(Lookup(), empty, nn.CrossEntropyLoss(), device=torch.device("cpu"))
+        evaluate(Lookup(), empty, nn.CrossEntropyLoss(), device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +185,7 @@ def digits_loaders():
 def test_train_learns_and_returns_history(digits_loaders, capsys):
     set_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # logistic regression on the pixels
-    history = train(model, *digits_loaders, epochs=3, lr=0.05, weight_decay=0.0, warmup_steps=2, progress=True)
+    history = train(model, *digits_loaders, epochs=3, lr=0.05, weight_decay=0.0, progress=True)  # default warm-up
     assert set(history) == {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds"}
     assert all(len(values) == 3 for values in history.values())
     assert history["train_loss"][-1] < history["train_loss"][0]
@@ -185,14 +223,17 @@ class Untouchable:
         raise AssertionError("training started before the arguments were checked")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(epochs=0), "epochs"),
-    (dict(amp="fp8"), "amp"),
-    (dict(amp="fp16"), "CUDA"),
-    (dict(label_smoothing=1.0), "label_smoothing"),
-    (dict(clip_norm=0.0), "clip_norm"),
-    (dict(warmup_steps=4), "warmup_steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(epochs=0), "epochs"),
+        (dict(amp="fp8"), "amp"),
+        (dict(amp="fp16"), "CUDA"),
+        (dict(label_smoothing=1.0), "label_smoothing"),
+        (dict(clip_norm=0.0), "clip_norm"),
+        (dict(warmup_steps=4), "warmup_steps"),
+    ],
+)
 def test_bad_arguments_fail_before_training(kwargs, message):
     if kwargs.get("amp") == "fp16" and torch.cuda.is_available():
         pytest.skip("fp16 is allowed when CUDA is available")

@@ -1,4 +1,5 @@
 """going_modular.numpy_vit against PyTorch: each function, whole checkpoints, and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.numpy import save_file as save_numpy_safetensors
 
-from going_modular import numpy_vit as nv
-from going_modular.utils import save_model
+from conftest import randomise_all
 from going_modular import ViT, create_vit
+from going_modular import numpy_vit as nv
+from going_modular.checkpoint import CheckpointError, read_safetensors, save_model
 
 
 def save(model: ViT, directory: Path) -> Path:
@@ -23,17 +25,9 @@ def save(model: ViT, directory: Path) -> Path:
     return save_model(model, directory, metadata={"class_names": names, "preprocessing": {}})
 
 
-def randomised(model: ViT) -> ViT:
-    """``model`` in eval mode with noise added to every parameter (the head, class token and biases start at 0)."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return model.eval()
-
-
 def random_vit(**kwargs) -> ViT:
-    """``randomised(ViT(**kwargs))``."""
-    return randomised(ViT(**kwargs))
+    """A ViT with noise on every parameter, in eval mode: a comparison exercises every weight."""
+    return randomise_all(ViT(**kwargs), 0.02)
 
 
 def max_logit_difference(model: ViT, directory: Path, size: tuple[int, int], seed: int = 0) -> float:
@@ -44,8 +38,11 @@ def max_logit_difference(model: ViT, directory: Path, size: tuple[int, int], see
     with torch.no_grad():
         reference = model(image[None])[0].numpy()
     logits = nv.vit(image.numpy(), **params, n_head=hparams["num_heads"])
-    assert logits.shape == reference.shape == (model.config["num_classes"] or model.config["representation_size"]
-                                               or model.config["embed_dim"],)
+    assert (
+        logits.shape
+        == reference.shape
+        == (model.config["num_classes"] or model.config["representation_size"] or model.config["embed_dim"],)
+    )
     assert logits.dtype == np.float32
     assert logits.argmax() == reference.argmax()
     return float(np.abs(logits - reference).max())
@@ -54,17 +51,19 @@ def max_logit_difference(model: ViT, directory: Path, size: tuple[int, int], see
 @pytest.fixture(scope="module")
 def ti16(tmp_path_factory) -> tuple[ViT, Path]:
     torch.manual_seed(0)
-    return randomised(create_vit("Ti/16", num_classes=10)), tmp_path_factory.mktemp("ti16") / "ckpt"
+    return randomise_all(create_vit("Ti/16", num_classes=10), 0.02), tmp_path_factory.mktemp("ti16") / "ckpt"
 
 
 @pytest.fixture()
 def small_checkpoint(tmp_path) -> Path:
     torch.manual_seed(1)
-    return save(random_vit(img_size=16, patch_size=8, num_classes=3, embed_dim=16, depth=1, num_heads=2),
-                tmp_path / "ckpt")
+    return save(
+        random_vit(img_size=16, patch_size=8, num_classes=3, embed_dim=16, depth=1, num_heads=2), tmp_path / "ckpt"
+    )
 
 
 # ---- whole model ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [(224, 224), (160, 192)], ids=["224x224", "160x192-interpolated"])
 def test_vit_ti16_matches_pytorch(ti16, size):
@@ -72,22 +71,47 @@ def test_vit_ti16_matches_pytorch(ti16, size):
     assert max_logit_difference(model, directory, size) <= 1e-4
 
 
-@pytest.mark.parametrize("kwargs, size", [
-    (dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=7), (32, 32)),
-    (dict(img_size=28, patch_size=14, in_channels=1, embed_dim=48, depth=2, num_heads=3, num_classes=5), (42, 28)),
-    (dict(img_size=(24, 40), patch_size=(4, 8), embed_dim=32, depth=1, num_heads=2, num_classes=4), (32, 24)),
-    (dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5, representation_size=24,
-          qkv_bias=False, layer_norm_eps=1e-5, gelu_approximate="tanh"), (40, 24)),
-    (dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, num_classes=0), (16, 16)),
-], ids=["P8", "P14-one-channel-resized", "non-square-patches-and-grid", "pre-logits-no-qkv-bias-eps-tanh", "no-head"])
+@pytest.mark.parametrize(
+    "kwargs, size",
+    [
+        (dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=7), (32, 32)),
+        (dict(img_size=28, patch_size=14, in_channels=1, embed_dim=48, depth=2, num_heads=3, num_classes=5), (42, 28)),
+        (dict(img_size=(24, 40), patch_size=(4, 8), embed_dim=32, depth=1, num_heads=2, num_classes=4), (32, 24)),
+        (
+            dict(
+                img_size=32,
+                patch_size=8,
+                embed_dim=32,
+                depth=2,
+                num_heads=2,
+                num_classes=5,
+                representation_size=24,
+                qkv_bias=False,
+                layer_norm_eps=1e-5,
+                gelu_approximate="tanh",
+            ),
+            (40, 24),
+        ),
+        (dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, num_classes=0), (16, 16)),
+    ],
+    ids=["P8", "P14-one-channel-resized", "non-square-patches-and-grid", "pre-logits-no-qkv-bias-eps-tanh", "no-head"],
+)
 def test_vit_other_configurations_match_pytorch(tmp_path, kwargs, size):
     torch.manual_seed(2)
     assert max_logit_difference(random_vit(**kwargs), tmp_path / "ckpt", size) <= 1e-4
 
 
 def test_load_carries_the_settings_that_change_the_computation(tmp_path):
-    model = random_vit(img_size=(16, 24), patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=3,
-                       layer_norm_eps=1e-5, gelu_approximate="tanh")
+    model = random_vit(
+        img_size=(16, 24),
+        patch_size=8,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        num_classes=3,
+        layer_norm_eps=1e-5,
+        gelu_approximate="tanh",
+    )
     save(model, tmp_path / "ckpt")
     hparams, params = nv.load_hparams_and_params(tmp_path / "ckpt")
     assert hparams == json.loads(json.dumps(model.config))
@@ -98,6 +122,7 @@ def test_load_carries_the_settings_that_change_the_computation(tmp_path):
 
 
 # ---- building blocks against torch.nn.functional ---------------------------------------------
+
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-7), (torch.float32, 2e-6)])
@@ -122,8 +147,10 @@ def test_softmax_matches_torch_without_overflow():
 def test_layer_norm_matches_torch():
     x, g, b = torch.randn(5, 7, 32) * 4 + 2, torch.randn(32), torch.randn(32)
     for eps in (1e-6, 1e-2):
-        torch.testing.assert_close(torch.from_numpy(nv.layer_norm(x.numpy(), g.numpy(), b.numpy(), eps=eps)),
-                                   F.layer_norm(x, (32,), g, b, eps=eps))
+        torch.testing.assert_close(
+            torch.from_numpy(nv.layer_norm(x.numpy(), g.numpy(), b.numpy(), eps=eps)),
+            F.layer_norm(x, (32,), g, b, eps=eps),
+        )
 
 
 def test_linear_takes_the_transposed_torch_weight():
@@ -133,7 +160,13 @@ def test_linear_takes_the_transposed_torch_weight():
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_ffn_matches_torch(approximate):
-    x, w1, b1, w2, b2 = torch.randn(9, 16) * 2, torch.randn(64, 16) / 4, torch.randn(64), torch.randn(16, 64) / 8, torch.randn(16)
+    x, w1, b1, w2, b2 = (
+        torch.randn(9, 16) * 2,
+        torch.randn(64, 16) / 4,
+        torch.randn(64),
+        torch.randn(16, 64) / 8,
+        torch.randn(16),
+    )
     reference = F.linear(F.gelu(F.linear(x, w1, b1), approximate=approximate), w2, b2)
     ours = nv.ffn(x.numpy(), {"w": w1.numpy().T, "b": b1.numpy()}, {"w": w2.numpy().T, "b": b2.numpy()}, approximate)
     torch.testing.assert_close(torch.from_numpy(ours), reference)
@@ -174,8 +207,17 @@ def test_convolution_2d_matches_conv2d(kernel, stride, with_bias):
     torch.testing.assert_close(torch.from_numpy(ours), F.conv2d(x, w, b if with_bias else None, stride=stride))
 
 
-@pytest.mark.parametrize("old, new", [((14, 14), (24, 24)), ((14, 14), (5, 3)), ((10, 12), (14, 14)),
-                                      ((7, 9), (13, 4)), ((1, 5), (4, 2)), ((6, 6), (6, 6))])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ((14, 14), (24, 24)),
+        ((14, 14), (5, 3)),
+        ((10, 12), (14, 14)),
+        ((7, 9), (13, 4)),
+        ((1, 5), (4, 2)),
+        ((6, 6), (6, 6)),
+    ],
+)
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_resize_bicubic_matches_interpolate(old, new, dtype, tol):
     grid = torch.randn(1, 6, *old, dtype=dtype)  # (1, C, H, W) for torch, (H, W, C) for NumPy
@@ -205,9 +247,17 @@ def test_vit_embeddings_assumes_a_square_training_grid_when_not_told(small_check
 
 # ---- bad input --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape, message", [((1, 3, 16, 16), "shape"), ((16, 16), "shape"),
-                                            ((3, 16, 20), "multiples"), ((3, 12, 16), "multiples"),
-                                            ((1, 16, 16), "channels")])
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((1, 3, 16, 16), "shape"),
+        ((16, 16), "shape"),
+        ((3, 16, 20), "multiples"),
+        ((3, 12, 16), "multiples"),
+        ((1, 16, 16), "channels"),
+    ],
+)
 def test_vit_rejects_bad_images(small_checkpoint, shape, message):
     hparams, params = nv.load_hparams_and_params(small_checkpoint)
     with pytest.raises(ValueError, match=message):
@@ -249,14 +299,17 @@ def edit_config(directory: Path, edit) -> None:
     (directory / "config.json").write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("edit, error, message", [
-    (lambda c: c.update(format="timm"), ValueError, "format"),
-    (lambda c: c.update(version=2), ValueError, "version"),
-    (lambda c: c["model"].pop("num_heads"), ValueError, "num_heads"),
-    (lambda c: c["model"].update(depth=2), ValueError, "blocks.1"),
-    (lambda c: c["model"].update(depth=0), ValueError, "does not use"),
-    (lambda c: c["model"].update(conv_stem=True), NotImplementedError, "conv_stem"),
-])
+@pytest.mark.parametrize(
+    "edit, error, message",
+    [
+        (lambda c: c.update(format="timm"), CheckpointError, "format"),
+        (lambda c: c.update(version=2), CheckpointError, "version"),
+        (lambda c: c["model"].pop("num_heads"), CheckpointError, "num_heads"),
+        (lambda c: c["model"].update(depth=2), ValueError, "blocks.1"),
+        (lambda c: c["model"].update(depth=0), ValueError, "does not use"),
+        (lambda c: c["model"].update(conv_stem=True), NotImplementedError, "conv_stem"),
+    ],
+)
 def test_load_rejects_configs_that_do_not_fit(small_checkpoint, edit, error, message):
     edit_config(small_checkpoint, edit)
     with pytest.raises(error, match=message):
@@ -265,13 +318,13 @@ def test_load_rejects_configs_that_do_not_fit(small_checkpoint, edit, error, mes
 
 def test_load_rejects_malformed_json(small_checkpoint):
     (small_checkpoint / "config.json").write_text('{"format": "going_modular.vit", ')
-    with pytest.raises(ValueError, match="JSON"):
+    with pytest.raises(CheckpointError, match="JSON"):
         nv.load_hparams_and_params(small_checkpoint)
 
 
 def corrupt(data: bytes, case: str) -> bytes:
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     name = next(key for key in header if key != "__metadata__")
     if case == "truncated":
         return data[: len(data) // 2]
@@ -280,30 +333,39 @@ def corrupt(data: bytes, case: str) -> bytes:
     if case == "huge-header-length":
         return (len(data) * 2).to_bytes(8, "little") + data[8:]
     if case == "not-json":
-        return data[:8] + b"\xff" * n + data[8 + n:]
-    header[name] = {"bad-offsets": dict(header[name], data_offsets=[0, 3]),
-                    "bad-dtype": dict(header[name], dtype="F8_E4M3"),
-                    "no-shape": {k: v for k, v in header[name].items() if k != "shape"}}[case]
+        return data[:8] + b"\xff" * n + data[8 + n :]
+    header[name] = {
+        "bad-offsets": dict(header[name], data_offsets=[0, 3]),
+        "bad-dtype": dict(header[name], dtype="F8_E4M3"),
+        "no-shape": {k: v for k, v in header[name].items() if k != "shape"},
+    }[case]
     text = json.dumps(header).encode()
-    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
-@pytest.mark.parametrize("case", ["truncated", "short", "huge-header-length", "not-json", "bad-offsets",
-                                  "bad-dtype", "no-shape"])
+@pytest.mark.parametrize(
+    "case", ["truncated", "short", "huge-header-length", "not-json", "bad-offsets", "bad-dtype", "no-shape"]
+)
 def test_load_rejects_malformed_safetensors(small_checkpoint, case):
     file = small_checkpoint / "model.safetensors"
     file.write_bytes(corrupt(file.read_bytes(), case))
-    with pytest.raises(ValueError, match="model.safetensors"):
+    with pytest.raises(CheckpointError, match="model.safetensors"):
         nv.load_hparams_and_params(small_checkpoint)
 
 
 def test_read_safetensors_reads_every_dtype(tmp_path):
     rng = np.random.default_rng(0)
-    arrays = {"f64": rng.normal(size=(2, 3)), "f32": rng.normal(size=(4,)).astype(np.float32),
-              "f16": rng.normal(size=(3, 1)).astype(np.float16), "i64": np.arange(6).reshape(2, 3),
-              "u8": np.arange(5, dtype=np.uint8), "bool": np.array([True, False]), "scalar": np.array(2.5, np.float32)}
+    arrays = {
+        "f64": rng.normal(size=(2, 3)),
+        "f32": rng.normal(size=(4,)).astype(np.float32),
+        "f16": rng.normal(size=(3, 1)).astype(np.float16),
+        "i64": np.arange(6).reshape(2, 3),
+        "u8": np.arange(5, dtype=np.uint8),
+        "bool": np.array([True, False]),
+        "scalar": np.array(2.5, np.float32),
+    }
     save_numpy_safetensors(arrays, tmp_path / "a.safetensors", metadata={"note": "kept out of the tensors"})
-    read = nv.read_safetensors(tmp_path / "a.safetensors")
+    read = read_safetensors(tmp_path / "a.safetensors")
     assert read.keys() == arrays.keys()
     for name, array in arrays.items():
         assert read[name].dtype == array.dtype and read[name].shape == array.shape
@@ -315,13 +377,31 @@ def test_read_safetensors_widens_bfloat16(tmp_path):
 
     x = torch.randn(3, 4).to(torch.bfloat16)
     save_file({"x": x}, tmp_path / "b.safetensors")
-    read = nv.read_safetensors(tmp_path / "b.safetensors")["x"]
+    read = read_safetensors(tmp_path / "b.safetensors")["x"]
     assert read.dtype == np.float32
     np.testing.assert_array_equal(read, x.float().numpy())
 
 
-def test_module_imports_only_numpy_and_the_standard_library():
-    code = ("import sys, going_modular.numpy_vit; "
-            "print(sorted(m for m in ('torch', 'safetensors', 'scipy') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+def test_module_imports_only_numpy_and_the_standard_library(tmp_path):
+    """numpy_vit and the checkpoint reader it uses import no torch, safetensors or scipy, even while they work."""
+    code = (
+        "import sys, going_modular.numpy_vit as nv; hparams, params = nv.load_hparams_and_params(sys.argv[1]); "
+        "print(sorted(m for m in ('torch', 'safetensors', 'scipy') if m in sys.modules))"
+    )
+    torch.manual_seed(1)
+    directory = save(
+        random_vit(img_size=16, patch_size=8, num_classes=3, embed_dim=16, depth=1, num_heads=2), tmp_path / "ckpt"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(directory)], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
+
+
+def test_the_loader_shares_the_checkpoint_module_reader():
+    """One reader, one strictness: numpy_vit keeps no copy of the format's constants or of the reader."""
+    from going_modular import checkpoint
+
+    assert nv.read_checkpoint is checkpoint.read_checkpoint
+    for name in ("read_safetensors", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "_SAFETENSORS_DTYPES"):
+        assert not hasattr(nv, name), name

@@ -3,11 +3,13 @@
 The wheel is built from a copy of the repository (without the environment and build outputs), so
 that setuptools' ``build/`` and ``*.egg-info`` never land in the working tree.
 """
+
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from collections.abc import Iterator
 from email.parser import Parser
@@ -19,8 +21,21 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "going_modular"
 # Environment, build outputs, and what chapters write when they run (see .gitignore).
-NOT_COPIED = shutil.ignore_patterns(".venv", ".git", "_build", "_deps", "build", "dist", "*.egg-info",
-                                    "__pycache__", ".ipynb_checkpoints", "data", "models", "checkpoints", "runs")
+NOT_COPIED = shutil.ignore_patterns(
+    ".venv",
+    ".git",
+    "_build",
+    "_deps",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".ipynb_checkpoints",
+    "data",
+    "models",
+    "checkpoints",
+    "runs",
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +45,22 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zipfile.ZipFile]
     source = tmp / "src"
     shutil.copytree(ROOT, source, ignore=NOT_COPIED)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-         "--wheel-dir", str(tmp / "dist"), str(source)],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(tmp / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, f"pip wheel failed:\n{result.stdout}\n{result.stderr}"
     wheels = list((tmp / "dist").glob("*.whl"))
     assert len(wheels) == 1, wheels
@@ -68,7 +96,8 @@ def test_wheel_holds_nothing_but_the_package(wheel: zipfile.ZipFile) -> None:
 def test_metadata_names_the_distribution(wheel: zipfile.ZipFile) -> None:
     metadata = Parser().parsestr(dist_info(wheel, "METADATA"))
     assert (metadata["Name"], metadata["Version"]) == (PACKAGE, "0.1.0")
-    assert metadata["Requires-Python"] == ">=3.9"
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    assert metadata["Requires-Python"] == declared["project"]["requires-python"] == ">=3.11"
 
 
 def test_runtime_dependencies_have_lower_bounds_only(wheel: zipfile.ZipFile) -> None:

@@ -1,4 +1,5 @@
 """Our ViT computes the same function as torchvision's and timm's on the same weights."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,18 +8,21 @@ import torch
 import torchvision
 from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer
 
+from conftest import randomise_head
 from going_modular import (
-    StateDictMismatchError, ViT, create_vit, load_timm_state_dict, load_torchvision_state_dict,
-    to_timm_state_dict, to_torchvision_state_dict,
+    StateDictMismatchError,
+    ViT,
+    create_vit,
+    load_timm_state_dict,
+    load_torchvision_state_dict,
+    to_timm_state_dict,
+    to_torchvision_state_dict,
 )
 
 
-def randomise(head: torch.nn.Linear, class_token: torch.nn.Parameter) -> None:
-    """Zero-initialised heads would make every logit 0 and every comparison pass."""
-    with torch.no_grad():
-        head.weight.normal_(std=0.05)
-        head.bias.normal_(std=0.05)
-        class_token.normal_(std=0.05)
+def small_vit(**overrides) -> ViT:
+    """A two-block ViT on 32-pixel images with five classes, small enough to port in milliseconds."""
+    return ViT(**{**dict(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=2, num_heads=2), **overrides})
 
 
 def max_difference(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
@@ -36,7 +40,7 @@ def images() -> torch.Tensor:
 def test_torchvision_vit_b_16_logits_match(images):
     torch.manual_seed(0)
     reference = torchvision.models.vit_b_16()
-    randomise(reference.heads.head, reference.class_token)
+    randomise_head(reference)
     ours = load_torchvision_state_dict(create_vit("B/16"), reference.state_dict())
     assert max_difference(ours, reference, images) <= 1e-4
 
@@ -45,7 +49,7 @@ def test_torchvision_vit_b_16_logits_match(images):
 def test_timm_logits_match(images, timm_name, name):
     torch.manual_seed(0)
     reference = timm.create_model(timm_name)
-    randomise(reference.head, reference.cls_token)
+    randomise_head(reference)
     ours = load_timm_state_dict(create_vit(name), reference.state_dict())
     assert max_difference(ours, reference, images) <= 1e-4
 
@@ -53,7 +57,7 @@ def test_timm_logits_match(images, timm_name, name):
 def test_export_to_torchvision_and_timm_drives_them_to_our_logits(images):
     torch.manual_seed(0)
     ours = create_vit("Ti/16")
-    randomise(ours.head, ours.class_token)
+    randomise_head(ours)
     tv = VisionTransformer(image_size=224, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=768)
     tv.load_state_dict(to_torchvision_state_dict(ours))
     tm = timm.create_model("vit_tiny_patch16_224")
@@ -62,11 +66,13 @@ def test_export_to_torchvision_and_timm_drives_them_to_our_logits(images):
     assert max_difference(ours, tm, images) <= 1e-4
 
 
-@pytest.mark.parametrize("export, load", [(to_torchvision_state_dict, load_torchvision_state_dict),
-                                          (to_timm_state_dict, load_timm_state_dict)])
+@pytest.mark.parametrize(
+    "export, load",
+    [(to_torchvision_state_dict, load_torchvision_state_dict), (to_timm_state_dict, load_timm_state_dict)],
+)
 def test_round_trip_is_exact(export, load):
     torch.manual_seed(0)
-    source = ViT(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=2, num_heads=2)
+    source = small_vit()
     target = load(ViT(**source.config), export(source))
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
@@ -75,33 +81,42 @@ def test_round_trip_is_exact(export, load):
 def test_torchvision_conv_stem_and_pre_logits_port():
     torch.manual_seed(0)
     reference = VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5,
-        representation_size=16, conv_stem_configs=[ConvStemConfig(out_channels=w, kernel_size=3, stride=2) for w in (4, 8, 16)])
-    randomise(reference.heads.head, reference.class_token)
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=5,
+        representation_size=16,
+        conv_stem_configs=[ConvStemConfig(out_channels=w, kernel_size=3, stride=2) for w in (4, 8, 16)],
+    )
+    randomise_head(reference)
     with torch.no_grad():  # non-trivial BatchNorm statistics
         for module in reference.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.normal_()
                 module.running_var.uniform_(0.5, 2.0)
-    ours = ViT(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
-               representation_size=16, conv_stem=True)
+    ours = small_vit(mlp_ratio=2.0, representation_size=16, conv_stem=True)
     load_torchvision_state_dict(ours, reference.state_dict())
     assert max_difference(ours, reference, torch.randn(3, 3, 32, 32)) <= 1e-4
     assert set(to_torchvision_state_dict(ours)) == set(reference.state_dict())
 
 
 def test_old_torchvision_mlp_names_are_accepted():
-    source = ViT(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=2, num_heads=2)
-    old = {key.replace(".mlp.0.", ".mlp.linear_1.").replace(".mlp.3.", ".mlp.linear_2."): value
-           for key, value in to_torchvision_state_dict(source).items()}
+    source = small_vit()
+    old = {
+        key.replace(".mlp.0.", ".mlp.linear_1.").replace(".mlp.3.", ".mlp.linear_2."): value
+        for key, value in to_torchvision_state_dict(source).items()
+    }
     assert any(".mlp.linear_1." in key for key in old)
     target = load_torchvision_state_dict(ViT(**source.config), old)
     assert torch.equal(target.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
 
 
 def test_mismatches_are_all_listed_and_nothing_is_copied():
-    small = ViT(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=2, num_heads=2)
-    state = to_timm_state_dict(ViT(img_size=32, patch_size=8, num_classes=7, embed_dim=32, depth=3, num_heads=2))
+    small = small_vit()
+    state = to_timm_state_dict(small_vit(num_classes=7, depth=3))
     del state["norm.bias"]
     before = {k: v.clone() for k, v in small.state_dict().items()}
     with pytest.raises(StateDictMismatchError) as caught:
@@ -111,7 +126,9 @@ def test_mismatches_are_all_listed_and_nothing_is_copied():
     assert "blocks.2.attn.qkv.weight" in err.unexpected and len(err.unexpected) == 12
     assert err.mismatched == ["head.weight (expected (5, 32), got (7, 32))", "head.bias (expected (5,), got (7,))"]
     message = str(err)
-    assert "missing keys (1): norm.bias" in message and "unexpected keys (12)" in message and "wrong shapes (2)" in message
+    assert (
+        "missing keys (1): norm.bias" in message and "unexpected keys (12)" in message and "wrong shapes (2)" in message
+    )
     assert all(torch.equal(before[k], v) for k, v in small.state_dict().items())
 
 
@@ -119,8 +136,9 @@ def test_a_module_instead_of_a_state_dict_is_a_type_error():
     with pytest.raises(TypeError, match=r"expected a state dict \(a mapping of names to tensors\), got function$"):
         load_torchvision_state_dict(create_vit("Ti/16", img_size=32), torchvision.models.vit_b_16)
     with pytest.raises(TypeError, match=r"got VisionTransformer: pass module.state_dict\(\)"):
-        load_timm_state_dict(ViT(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2),
-                             VisionTransformer(32, 8, 1, 2, 32, 64))
+        load_timm_state_dict(
+            ViT(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2), VisionTransformer(32, 8, 1, 2, 32, 64)
+        )
 
 
 def test_timm_layout_has_no_conv_stem_or_pre_logits():

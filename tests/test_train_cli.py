@@ -1,4 +1,5 @@
 """Tests for the command line, going_modular.train: flags, errors, and a full run in a subprocess."""
+
 import json
 import os
 import socket
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from going_modular.checkpoint import load_model, save_model
 from going_modular.data import create_dataloaders, load_digits_data
-from going_modular.train import build_model, build_parser, main
-from going_modular.utils import load_model, predict
+from going_modular.plots import predict
+from going_modular.train import build_model, build_parser, digits_checkpoint, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -27,18 +30,30 @@ def test_help_documents_every_flag(capsys):
         assert all(flag in text for flag in action.option_strings)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--epochs", "0"], "--epochs"),
-    (["--epochs", "two"], "expected int"),
-    (["--lr", "-1"], "--lr"),
-    (["--label-smoothing", "1"], "--label-smoothing"),
-    (["--model", "XL"], "--model"),
-    (["--amp", "fp8"], "--amp"),
-    (["--no-such-flag"], "unrecognized arguments"),
-    (["--image-size", "10", "--patch-size", "4"], "multiple of --patch-size"),
-    (["--device", "tpu"], "--device"),
-    (["--epochs", "1", "--warmup-steps", "1000"], "--warmup-steps"),
-])
+def test_help_states_each_default_once():
+    text = " ".join(build_parser().format_help().split())  # undo the line wrapping
+    assert "(default: None)" not in text and ") (default:" not in text
+    assert "(default: 8 for digits, 32 for cifar10, 224 for folders)" in text
+    assert "(default: min(100, 10% of the training steps))" in text
+    assert "(default: 64)" in text and "(default: digits)" in text
+    assert "dropout rate (default: 0.0)" in text and "shuffling (default: 0)" in text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "--epochs"),
+        (["--epochs", "two"], "expected int"),
+        (["--lr", "-1"], "--lr"),
+        (["--label-smoothing", "1"], "--label-smoothing"),
+        (["--model", "XL"], "--model"),
+        (["--amp", "fp8"], "--amp"),
+        (["--no-such-flag"], "unrecognized arguments"),
+        (["--image-size", "10", "--patch-size", "4"], "multiple of --patch-size"),
+        (["--device", "tpu"], "--device"),
+        (["--epochs", "1", "--warmup-steps", "1000"], "--warmup-steps"),
+    ],
+)
 def test_bad_flags_exit_2_with_usage(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         main(argv + ["--output", str(tmp_path / "run")])
@@ -60,15 +75,35 @@ def test_build_model_sizes():
 def test_full_run_in_a_subprocess_writes_its_outputs(tmp_path):
     output = tmp_path / "run"
     env = os.environ | {"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    run = subprocess.run([sys.executable, "-m", "going_modular.train", "--epochs", "2", "--warmup-steps", "5",
-                          "--batch-size", "128", "--patch-size", "4", "--output", str(output)],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "going_modular.train",
+            "--epochs",
+            "2",
+            "--warmup-steps",
+            "5",
+            "--batch-size",
+            "128",
+            "--patch-size",
+            "4",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert "1437 train / 360 test images" in run.stdout and "parameters" in run.stdout
     assert sorted(p.name for p in output.iterdir()) == ["checkpoint", "loss_curve.png", "metrics.json"]
     assert (output / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
     metrics = json.loads((output / "metrics.json").read_text())
     assert len(metrics["history"]["test_accuracy"]) == 2 and metrics["settings"]["dataset"] == "digits"
+    assert metrics["settings"]["warmup_steps"] == 5
 
     model, metadata = load_model(output / "checkpoint")
     assert metadata["class_names"] == [str(d) for d in range(10)]
@@ -94,8 +129,25 @@ def image_folder(root: Path, broken: bool = False) -> Path:
 
 def test_trains_on_an_image_folder(tmp_path, capsys):
     data = image_folder(tmp_path / "data")
-    status = main(["--dataset", str(data), "--image-size", "8", "--patch-size", "4", "--epochs", "1",
-                   "--warmup-steps", "0", "--num-workers", "0", "--no-progress", "--output", str(tmp_path / "run")])
+    status = main(
+        [
+            "--dataset",
+            str(data),
+            "--image-size",
+            "8",
+            "--patch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--warmup-steps",
+            "0",
+            "--num-workers",
+            "0",
+            "--no-progress",
+            "--output",
+            str(tmp_path / "run"),
+        ]
+    )
     assert status == 0
     _, metadata = load_model(tmp_path / "run" / "checkpoint")
     assert metadata["class_names"] == ["dark", "light"] and metadata["preprocessing"]["channels"] == 3
@@ -104,8 +156,20 @@ def test_trains_on_an_image_folder(tmp_path, capsys):
 
 def test_unreadable_image_exits_1_naming_it(tmp_path, capsys):
     data = image_folder(tmp_path / "data", broken=True)
-    status = main(["--dataset", str(data), "--image-size", "8", "--patch-size", "4", "--epochs", "1",
-                   "--output", str(tmp_path / "run")])
+    status = main(
+        [
+            "--dataset",
+            str(data),
+            "--image-size",
+            "8",
+            "--patch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--output",
+            str(tmp_path / "run"),
+        ]
+    )
     assert status == 1
     assert "0.png" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -115,9 +179,79 @@ def test_offline_download_exits_1_quickly(tmp_path, capsys):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    status = main(["--dataset", f"http://127.0.0.1:{port}/food.zip", "--data-dir", str(tmp_path / "data"),
-                   "--timeout", "2", "--output", str(tmp_path / "run")])
+    status = main(
+        [
+            "--dataset",
+            f"http://127.0.0.1:{port}/food.zip",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--timeout",
+            "2",
+            "--output",
+            str(tmp_path / "run"),
+        ]
+    )
     assert status == 1
     assert "could not download" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
+
+def test_a_short_run_gets_a_short_default_warmup(tmp_path, capsys):
+    # 1 epoch of 12 batches: the old fixed default of 100 warm-up steps would have been refused.
+    status = main(
+        [
+            "--epochs",
+            "1",
+            "--batch-size",
+            "128",
+            "--patch-size",
+            "4",
+            "--no-progress",
+            "--output",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert status == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["settings"]["warmup_steps"] == 1  # min(100, 12 // 10)
+    _, metadata = load_model(tmp_path / "run" / "checkpoint")
+    assert metadata["history"]["test_accuracy"] == metrics["history"]["test_accuracy"]
+    assert "seconds" not in metadata["history"] and metadata["training"]["epochs"] == 1
+
+
+def test_digits_checkpoint_returns_a_valid_folder_without_training(tmp_path, monkeypatch):
+    model = build_model("micro", image_size=8, patch_size=2, in_channels=1, num_classes=10)
+    spec = load_digits_data().preprocessing
+    folder = save_model(
+        model, tmp_path / "vit-digits", {"class_names": [str(d) for d in range(10)], "preprocessing": spec}
+    )
+    monkeypatch.setattr("going_modular.train.fit", lambda *args: pytest.fail("must not train"))
+    assert digits_checkpoint(folder) == folder
+
+
+def test_digits_checkpoint_trains_when_the_folder_is_missing_or_invalid(tmp_path, monkeypatch):
+    import going_modular.train as cli
+
+    calls = []
+
+    def quick_fit(model, train_loader, test_loader, args, device):
+        calls.append((args.epochs, args.seed, args.threads, torch.get_num_threads()))
+        return {
+            "train_loss": [1.0],
+            "train_accuracy": [0.5],
+            "test_loss": [1.0],
+            "test_accuracy": [0.5],
+            "lr": [0.0],
+            "seconds": [1.0],
+        }
+
+    monkeypatch.setattr(cli, "fit", quick_fit)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    (tmp_path / "broken" / "model.safetensors").write_bytes(b"")
+    for name in ("missing", "broken"):
+        folder = digits_checkpoint(tmp_path / name)
+        model, metadata = load_model(folder)
+        assert model.config["embed_dim"] == 64 and metadata["history"]["test_accuracy"] == [0.5]
+        assert "seconds" not in metadata["history"]
+    assert calls == [(20, 0, None, 1)] * 2  # the command line's defaults, on one thread

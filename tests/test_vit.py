@@ -1,4 +1,5 @@
 """Unit tests of going_modular.vit: shapes, numerics against PyTorch's own layers, errors, counts."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,20 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.vision_transformer import EncoderBlock as TorchvisionEncoderBlock
 
+from conftest import randomise_head
 from going_modular import (
-    MLP, ConvStem, DropPath, EncoderBlock, MultiHeadSelfAttention, PatchEmbedding, ViT, count_macs,
-    count_parameters, create_vit, patchify, resize_position_embedding,
+    MLP,
+    ConvStem,
+    DropPath,
+    EncoderBlock,
+    MultiHeadSelfAttention,
+    PatchEmbedding,
+    ViT,
+    count_macs,
+    count_parameters,
+    create_vit,
+    patchify,
+    resize_position_embedding,
 )
 
 SMALL = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3)
@@ -24,15 +36,8 @@ def small_vit(**overrides) -> ViT:
     return ViT(**{**SMALL, **overrides})
 
 
-def perturb_head(model: ViT) -> ViT:
-    """The head starts at zero, which would make every logit 0; give it random values."""
-    with torch.no_grad():
-        model.head.weight.normal_(std=0.1)
-        model.class_token.normal_(std=0.1)
-    return model
-
-
 # ---- patches and Equation 1 ---------------------------------------------------------------------
+
 
 def test_patchify_matches_unfold_in_raster_order():
     x = torch.randn(2, 3, 32, 48)
@@ -46,9 +51,13 @@ def test_patchify_accepts_rectangular_patches():
     assert patchify(torch.randn(1, 1, 12, 20), (3, 5)).shape == (1, 16, 15)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (torch.zeros(3, 32, 32), "4-D"), (torch.zeros(1, 3, 30, 32), "multiples of the patch size"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.zeros(3, 32, 32), "4-D"),
+        (torch.zeros(1, 3, 30, 32), "multiples of the patch size"),
+    ],
+)
 def test_patchify_rejects_bad_input(bad, message):
     with pytest.raises(ValueError, match=message):
         patchify(bad, 16)
@@ -72,10 +81,13 @@ def test_conv_stem_shapes_and_widths():
     assert stem(torch.randn(2, 3, 64, 32)).shape == (2, 192, 4, 2)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(patch_size=12, embed_dim=192), "power of two"),
-    (dict(patch_size=16, embed_dim=8), "embed_dim >= 16"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(patch_size=12, embed_dim=192), "power of two"),
+        (dict(patch_size=16, embed_dim=8), "embed_dim >= 16"),
+    ],
+)
 def test_conv_stem_rejects_impossible_configurations(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ConvStem(**kwargs)
@@ -87,7 +99,9 @@ def test_resize_position_embedding_matches_bicubic_interpolation_and_keeps_class
     assert resized.shape == (1, 1 + 35, 8)
     assert torch.equal(resized[:, 0], pos[:, 0])
     grid = pos[:, 1:].reshape(1, 4, 6, 8).permute(0, 3, 1, 2)
-    expected = F.interpolate(grid, size=(7, 5), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 35, 8)
+    expected = (
+        F.interpolate(grid, size=(7, 5), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 35, 8)
+    )
     torch.testing.assert_close(resized[:, 1:], expected)
     assert resize_position_embedding(pos, (4, 6), (4, 6)) is pos
 
@@ -98,11 +112,14 @@ def test_resize_position_embedding_keeps_a_constant_embedding_constant():
 
 
 def test_resize_position_embedding_rejects_wrong_shape():
-    with pytest.raises(ValueError, match=r"expected a position embedding of shape \(1, 1 \+ 4\*4, D\), got \(1, 10, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"expected a position embedding of shape \(1, 1 \+ 4\*4, D\), got \(1, 10, 8\)"
+    ):
         resize_position_embedding(torch.zeros(1, 10, 8), (4, 4), (5, 5))
 
 
 # ---- Equations 2 and 3 -----------------------------------------------------------------------------
+
 
 def test_msa_matches_torch_multihead_attention_outputs_and_weights():
     torch.manual_seed(0)
@@ -125,17 +142,17 @@ def test_msa_matches_torch_multihead_attention_outputs_and_weights():
 
 
 def test_msa_without_qkv_bias_has_no_bias():
-    assert MultiHeadSelfAttention(16, 2, qkv_bias=False).qkv.bias is None
+    assert MultiHeadSelfAttention(embed_dim=16, num_heads=2, qkv_bias=False).qkv.bias is None
 
 
 def test_msa_rejects_embed_dim_not_divisible_by_heads():
     with pytest.raises(ValueError, match="embed_dim=30, num_heads=4"):
-        MultiHeadSelfAttention(30, 4)
+        MultiHeadSelfAttention(embed_dim=30, num_heads=4)
 
 
 def test_attention_dropout_only_in_training():
     torch.manual_seed(0)
-    msa = MultiHeadSelfAttention(16, 2, attn_drop=0.5)
+    msa = MultiHeadSelfAttention(embed_dim=16, num_heads=2, attn_drop=0.5)
     x = torch.randn(2, 5, 16)
     msa.eval()
     assert torch.equal(msa(x)[0], msa(x)[0])
@@ -145,7 +162,7 @@ def test_attention_dropout_only_in_training():
 
 def test_mlp_shapes_and_gelu_forms():
     torch.manual_seed(0)
-    exact, approx = MLP(8, 32), MLP(8, 32, gelu_approximate="tanh")
+    exact, approx = MLP(embed_dim=8, hidden_dim=32), MLP(embed_dim=8, hidden_dim=32, gelu_approximate="tanh")
     approx.load_state_dict(exact.state_dict())
     x = torch.randn(2, 3, 8) * 3
     assert exact(x).shape == (2, 3, 8)
@@ -156,7 +173,7 @@ def test_mlp_shapes_and_gelu_forms():
 
 def test_drop_path_drops_whole_samples_and_preserves_the_mean():
     torch.manual_seed(0)
-    drop = DropPath(0.3)
+    drop = DropPath(p=0.3)
     out = drop(torch.ones(50_000, 3))
     rows = out[:, 0]
     assert torch.all((out == 0).all(1) | (out == 1 / 0.7).all(1))
@@ -168,15 +185,20 @@ def test_drop_path_drops_whole_samples_and_preserves_the_mean():
 @pytest.mark.parametrize("p", [-0.1, 1.0])
 def test_drop_path_rejects_bad_probability(p):
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        DropPath(p)
+        DropPath(p=p)
 
 
 def test_encoder_block_matches_torchvision():
     torch.manual_seed(0)
     block = EncoderBlock(embed_dim=32, num_heads=4, mlp_ratio=2.0).eval()
     reference = TorchvisionEncoderBlock(4, 32, 64, 0.0, 0.0, partial(nn.LayerNorm, eps=1e-6)).eval()
-    renames = {"msa.qkv.weight": "self_attention.in_proj_weight", "msa.qkv.bias": "self_attention.in_proj_bias",
-               "msa.proj.": "self_attention.out_proj.", "mlp.fc1.": "mlp.0.", "mlp.fc2.": "mlp.3."}
+    renames = {
+        "msa.qkv.weight": "self_attention.in_proj_weight",
+        "msa.qkv.bias": "self_attention.in_proj_bias",
+        "msa.proj.": "self_attention.out_proj.",
+        "mlp.fc1.": "mlp.0.",
+        "mlp.fc2.": "mlp.3.",
+    }
     state = {}
     for key, value in block.state_dict().items():
         for ours, theirs in renames.items():
@@ -190,10 +212,12 @@ def test_encoder_block_matches_torchvision():
 
 # ---- the full model ----------------------------------------------------------------------------------
 
+
 def test_default_vit_is_b16_with_1000_logits():
-    model = ViT().eval()
-    with torch.no_grad():
-        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    with torch.device("meta"):  # shapes and counts without allocating or computing anything
+        model = ViT().eval()
+        assert model(torch.empty(1, 3, 224, 224)).shape == (1, 1000)
+        assert model.config == create_vit("B/16").config
     assert sum(p.numel() for p in model.parameters()) == 86_567_656
 
 
@@ -209,7 +233,7 @@ def test_initialisation_follows_the_reference_implementations():
 
 def test_forward_shapes_attention_maps_and_both_attention_paths():
     torch.manual_seed(0)
-    model = perturb_head(small_vit()).eval()
+    model = randomise_head(small_vit(), std=0.1).eval()
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         logits, maps = model(x, return_attention=True)
@@ -221,7 +245,7 @@ def test_forward_shapes_attention_maps_and_both_attention_paths():
 
 def test_other_image_size_uses_resized_position_embeddings():
     torch.manual_seed(0)
-    model = perturb_head(small_vit()).eval()
+    model = randomise_head(small_vit(), std=0.1).eval()
     x = torch.randn(2, 3, 48, 40)
     resized = ViT(**{**SMALL, "img_size": (48, 40)}).eval()
     state = model.state_dict()
@@ -232,11 +256,18 @@ def test_other_image_size_uses_resized_position_embeddings():
     assert model.position_embedding.shape == (1, 65, 48)  # the stored parameter keeps its size
 
 
-@pytest.mark.parametrize("options", [{}, {"conv_stem": True, "patch_size": 4}, {"representation_size": 20},
-                                     {"qkv_bias": False, "gelu_approximate": "tanh"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"conv_stem": True, "patch_size": 4},
+        {"representation_size": 20},
+        {"qkv_bias": False, "gelu_approximate": "tanh"},
+    ],
+)
 def test_gradients_reach_every_parameter(options):
     torch.manual_seed(0)
-    model = perturb_head(small_vit(**options)).train()
+    model = randomise_head(small_vit(**options), std=0.1).train()
     loss = F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     without = [name for name, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
@@ -260,8 +291,9 @@ def test_drop_path_rates_rise_linearly_to_the_last_block():
 
 
 def test_config_round_trips_through_json():
-    model = ViT(img_size=(32, 48), patch_size=(4, 8), num_classes=3, embed_dim=24, depth=1, num_heads=2,
-                representation_size=12)
+    model = ViT(
+        img_size=(32, 48), patch_size=(4, 8), num_classes=3, embed_dim=24, depth=1, num_heads=2, representation_size=12
+    )
     config = json.loads(json.dumps(model.config))
     rebuilt = ViT(**config)
     assert rebuilt.config == model.config
@@ -274,14 +306,17 @@ def test_no_head_returns_the_representation():
     assert small_vit(num_classes=0, representation_size=7)(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
-@pytest.mark.parametrize("bad, error, message", [
-    (torch.randn(3, 32, 32), ValueError, r"expected a 4-D tensor \(B, C, H, W\), got 3-D with shape \(3, 32, 32\)"),
-    (torch.randn(1, 3, 32, 32, 1), ValueError, r"got 5-D"),
-    (torch.randn(1, 1, 32, 32), ValueError, r"expected 3 channels .* got shape \(1, 1, 32, 32\)"),
-    (torch.randn(1, 3, 30, 32), ValueError, r"multiples of the patch size 4x4, got 30x32"),
-    (torch.randn(1, 3, 2, 4), ValueError, r"positive multiples of the patch size 4x4, got 2x4"),
-    ([[1.0]], TypeError, r"expected a torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        (torch.randn(3, 32, 32), ValueError, r"expected a 4-D tensor \(B, C, H, W\), got 3-D with shape \(3, 32, 32\)"),
+        (torch.randn(1, 3, 32, 32, 1), ValueError, r"got 5-D"),
+        (torch.randn(1, 1, 32, 32), ValueError, r"expected 3 channels .* got shape \(1, 1, 32, 32\)"),
+        (torch.randn(1, 3, 30, 32), ValueError, r"multiples of the patch size 4x4, got 30x32"),
+        (torch.randn(1, 3, 2, 4), ValueError, r"positive multiples of the patch size 4x4, got 2x4"),
+        ([[1.0]], TypeError, r"expected a torch.Tensor"),
+    ],
+)
 def test_bad_input_is_rejected_with_what_was_expected_and_received(bad, error, message):
     with pytest.raises(error, match=message):
         small_vit()(bad)
@@ -296,19 +331,22 @@ def test_bad_input_is_rejected_before_any_compute(monkeypatch):
     assert calls == []
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(embed_dim=50, num_heads=3), "embed_dim must be divisible by num_heads, got embed_dim=50, num_heads=3"),
-    (dict(img_size=30), r"img_size must be a multiple of patch_size, got img_size=\(30, 30\), patch_size=\(4, 4\)"),
-    (dict(patch_size=0), "patch_size must be a positive int"),
-    (dict(depth=0), "depth must be a positive int, got 0"),
-    (dict(num_classes=-1), "num_classes must be an int >= 0"),
-    (dict(drop_rate=1.0), r"drop_rate must be in \[0, 1\), got 1.0"),
-    (dict(drop_path_rate=-0.1), "drop_path_rate"),
-    (dict(representation_size=0), "representation_size must be None or a positive int, got 0"),
-    (dict(gelu_approximate="fast"), "gelu_approximate must be 'none' or 'tanh', got 'fast'"),
-    (dict(mlp_ratio=0), "mlp_ratio"),
-    (dict(conv_stem=True, patch_size=(4, 8), img_size=(32, 64)), "square patch size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(embed_dim=50, num_heads=3), "embed_dim must be divisible by num_heads, got embed_dim=50, num_heads=3"),
+        (dict(img_size=30), r"img_size must be a multiple of patch_size, got img_size=\(30, 30\), patch_size=\(4, 4\)"),
+        (dict(patch_size=0), "patch_size must be a positive int"),
+        (dict(depth=0), "depth must be a positive int, got 0"),
+        (dict(num_classes=-1), "num_classes must be an int >= 0"),
+        (dict(drop_rate=1.0), r"drop_rate must be in \[0, 1\), got 1.0"),
+        (dict(drop_path_rate=-0.1), "drop_path_rate"),
+        (dict(representation_size=0), "representation_size must be None or a positive int, got 0"),
+        (dict(gelu_approximate="fast"), "gelu_approximate must be 'none' or 'tanh', got 'fast'"),
+        (dict(mlp_ratio=0), "mlp_ratio"),
+        (dict(conv_stem=True, patch_size=(4, 8), img_size=(32, 64)), "square patch size"),
+    ],
+)
 def test_bad_configuration_is_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         small_vit(**kwargs)
@@ -316,8 +354,15 @@ def test_bad_configuration_is_rejected(kwargs, message):
 
 # ---- Table 1 ----------------------------------------------------------------------------------------
 
-TABLE_1 = {"Ti/16": 5_717_416, "S/16": 22_050_664, "B/16": 86_567_656, "B/32": 88_224_232,
-           "L/16": 304_326_632, "L/32": 306_535_400, "H/14": 632_045_800}
+TABLE_1 = {
+    "Ti/16": 5_717_416,
+    "S/16": 22_050_664,
+    "B/16": 86_567_656,
+    "B/32": 88_224_232,
+    "L/16": 304_326_632,
+    "L/32": 306_535_400,
+    "H/14": 632_045_800,
+}
 
 
 @pytest.mark.parametrize("name", list(TABLE_1))
@@ -337,14 +382,23 @@ def test_create_vit_accepts_common_spellings(spelling):
 def test_create_vit_overrides_and_unknown_names():
     model = create_vit("Ti/8", img_size=32, num_classes=10)
     assert (model.config["embed_dim"], model.config["patch_size"], model.config["num_classes"]) == (192, 8, 10)
-    with pytest.raises(ValueError, match=re.escape("unknown ViT variant 'X/16': expected one of Ti/P, S/P, B/P, L/P, H/P")):
+    with pytest.raises(
+        ValueError, match=re.escape("unknown ViT variant 'X/16': expected one of Ti/P, S/P, B/P, L/P, H/P")
+    ):
         create_vit("X/16")
 
 
-@pytest.mark.parametrize("options", [
-    {}, {"qkv_bias": False}, {"representation_size": 20}, {"num_classes": 0}, {"img_size": (32, 48), "in_channels": 1},
-    {"mlp_ratio": 2.5},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"qkv_bias": False},
+        {"representation_size": 20},
+        {"num_classes": 0},
+        {"img_size": (32, 48), "in_channels": 1},
+        {"mlp_ratio": 2.5},
+    ],
+)
 def test_closed_forms_match_the_model(options):
     # On the meta device attention decomposes into matrix products that FlopCounterMode sees (a
     # fused CPU attention kernel would go uncounted), and nothing is computed.

@@ -8,6 +8,7 @@ Usage::
 Each notebook runs top to bottom in a fresh ``python3`` kernel with ``notebooks/`` as the working
 directory, the way nbval and a reader run it. A cell that raises stops the run with its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ def run(path: Path, timeout: int = 900) -> float:
     nb = nbformat.read(path, as_version=4)
     nb.metadata["kernelspec"] = KERNELSPEC
     start = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
     nb.metadata.pop("widgets", None)

@@ -6,6 +6,7 @@ The link is derived from the book's configuration, where the repository is named
 the badge when its source is an ``.ipynb`` file under one of ``colab_badge_folders`` (default:
 ``notebooks``). The badge is an inline SVG, so it shows without network access.
 """
+
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
@@ -36,8 +37,8 @@ def repository_parts(theme_options: dict) -> tuple[str, str, str, str]:
     parts = [p for p in parsed.path.split("/") if p]
     if parsed.netloc not in {"github.com", "www.github.com"} or len(parts) != 2:
         raise ExtensionError(
-            "colab_badge: repository.url in _config.yml must look like "
-            f"https://github.com/<owner>/<repo>, got {url!r}")
+            f"colab_badge: repository.url in _config.yml must look like https://github.com/<owner>/<repo>, got {url!r}"
+        )
     owner, repo = parts[0], parts[1].removesuffix(".git")
     branch = theme_options.get("repository_branch") or ""
     if not branch:
@@ -71,8 +72,10 @@ def add_badge(app: Sphinx, doctree: nodes.document) -> None:
     if source.suffix != ".ipynb" or source.parent.as_posix() not in app.config.colab_badge_folders:
         return
     url = colab_url(app.config.html_theme_options, source.as_posix())
-    html = (f'<p class="colab-badge"><a href="{url}" target="_blank" rel="noopener" '
-            f'title="Open this chapter in Google Colab" aria-label="Open in Colab">{BADGE_SVG}</a></p>')
+    html = (
+        f'<p class="colab-badge"><a href="{url}" target="_blank" rel="noopener" '
+        f'title="Open this chapter in Google Colab" aria-label="Open in Colab">{BADGE_SVG}</a></p>'
+    )
     doctree.insert(0, nodes.raw("", html, format="html"))
 
 

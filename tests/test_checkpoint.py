@@ -1,0 +1,236 @@
+"""Tests for going_modular.checkpoint: the format, the one reader, saving and loading."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file
+
+from conftest import randomise_all
+from going_modular.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    CheckpointMismatchError,
+    load_model,
+    load_weights,
+    read_checkpoint,
+    read_safetensors,
+    save_model,
+)
+from going_modular.data import make_preprocessing
+from going_modular.vit import ViT
+
+SPEC = make_preprocessing(8, channels=1, max_value=16.0, mean=[0.5], std=[0.5])
+CLASSES = [str(d) for d in range(10)]
+
+
+def tiny_vit(**overrides) -> ViT:
+    torch.manual_seed(0)
+    return ViT(
+        **dict(img_size=8, patch_size=4, in_channels=1, num_classes=10, embed_dim=16, depth=2, num_heads=2) | overrides
+    )
+
+
+def metadata() -> dict:
+    return {"class_names": CLASSES, "preprocessing": SPEC, "note": "test"}
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    return save_model(randomise_all(tiny_vit(), 0.5, replace=True), tmp_path / "ckpt", metadata())
+
+
+def test_round_trip_gives_identical_logits(tmp_path):
+    model = randomise_all(tiny_vit(), 0.5, replace=True)
+    path = save_model(model, tmp_path / "ckpt", metadata())
+    assert sorted(p.name for p in path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folder left
+    loaded, meta = load_model(path)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(model(x), loaded(x))
+    assert meta == metadata() and loaded.config == model.config and not loaded.training
+
+
+def test_checkpoint_files_follow_the_contract(tmp_path):
+    model = randomise_all(tiny_vit(), 0.5, replace=True)
+    path = save_model(model, tmp_path / "ckpt", metadata())
+    document = json.loads((path / CONFIG_FILE).read_text())
+    assert document == {"format": "going_modular.vit", "version": 1, "model": model.config, "metadata": metadata()}
+    tensors = load_file(path / WEIGHTS_FILE)
+    assert tensors.keys() == model.state_dict().keys()
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_reader_agrees_with_the_safetensors_library(checkpoint):
+    document, arrays = read_checkpoint(checkpoint)
+    reference = load_file(checkpoint / WEIGHTS_FILE)
+    assert arrays.keys() == reference.keys()
+    assert all(np.array_equal(arrays[k], reference[k].numpy()) for k in arrays)
+    for path in (checkpoint / CONFIG_FILE, checkpoint / WEIGHTS_FILE, str(checkpoint)):
+        assert read_checkpoint(path)[0] == document
+
+
+def test_the_module_imports_and_reads_without_torch(checkpoint):
+    probe = (
+        "import sys\nfrom going_modular.checkpoint import read_checkpoint\n"
+        f"read_checkpoint({str(checkpoint)!r})\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_saving_again_replaces_the_checkpoint(tmp_path):
+    save_model(randomise_all(tiny_vit(), 0.5, replace=True), tmp_path / "ckpt", metadata())
+    save_model(randomise_all(tiny_vit(depth=1), 0.5, replace=True), tmp_path / "ckpt", metadata())
+    loaded, _ = load_model(tmp_path / "ckpt")
+    assert loaded.config["depth"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_a_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    model = randomise_all(tiny_vit(), 0.5, replace=True)
+    save_model(model, tmp_path / "ckpt", metadata())
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(tiny_vit(depth=1), tmp_path / "ckpt", metadata())
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    assert load_model(tmp_path / "ckpt")[0].config == model.config
+
+
+def test_mismatched_model_lists_every_difference(checkpoint):
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_weights(tiny_vit(embed_dim=32, depth=1), checkpoint)
+    message = str(info.value)
+    assert "embed_dim: checkpoint 16, model 32" in message and "depth: checkpoint 2, model 1" in message
+    assert "unexpected tensor blocks.1.ln_1.weight" in message
+    assert "tensor class_token: checkpoint shape (1, 1, 16), model (1, 1, 32)" in message
+    assert isinstance(info.value, CheckpointError) and isinstance(info.value, ValueError)
+
+
+def test_load_weights_into_a_matching_model(tmp_path):
+    model = randomise_all(tiny_vit(), 0.5, replace=True)
+    save_model(model, tmp_path / "ckpt", metadata())
+    fresh = tiny_vit()
+    assert load_weights(fresh, tmp_path / "ckpt") == metadata()
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize(
+    "bad_metadata, error, message",
+    [
+        ({"class_names": CLASSES}, ValueError, "preprocessing"),
+        ({"class_names": CLASSES[:3], "preprocessing": SPEC}, ValueError, "class_names"),
+        ({"class_names": CLASSES, "preprocessing": SPEC, "when": object()}, TypeError, "JSON serializable"),
+    ],
+)
+def test_bad_saves_write_nothing(tmp_path, bad_metadata, error, message):
+    with pytest.raises(error, match=message):
+        save_model(tiny_vit(), tmp_path / "ckpt", bad_metadata)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_models_with_a_config_can_be_saved(tmp_path):
+    with pytest.raises(TypeError, match="config"):
+        save_model(torch.nn.Linear(2, 2), tmp_path / "ckpt", metadata())
+
+
+@pytest.mark.parametrize("missing", [CONFIG_FILE, WEIGHTS_FILE])
+def test_missing_files_are_file_not_found(checkpoint, missing):
+    (checkpoint / missing).unlink()
+    with pytest.raises(FileNotFoundError, match=missing):
+        read_checkpoint(checkpoint)
+    with pytest.raises(FileNotFoundError):
+        load_model(checkpoint.parent / "nowhere")
+
+
+def edit_config(folder, edit) -> None:
+    document = json.loads((folder / CONFIG_FILE).read_text())
+    edit(document)
+    (folder / CONFIG_FILE).write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(format="timm"), "format"),
+        (lambda d: d.update(version=99), "version 99"),
+        (lambda d: d["model"].pop("num_heads"), "num_heads"),
+        (lambda d: d.update(model=[1, 2]), "'model' must be an object"),
+        (lambda d: d.pop("metadata"), "'metadata' must be an object"),
+    ],
+)
+def test_invalid_configs_are_refused_by_every_loader(checkpoint, edit, message):
+    edit_config(checkpoint, edit)
+    for load in (read_checkpoint, load_model, lambda p: load_weights(tiny_vit(), p)):
+        with pytest.raises(CheckpointError, match=message):
+            load(checkpoint)
+
+
+def test_malformed_json_is_refused(checkpoint):
+    (checkpoint / CONFIG_FILE).write_text('{"format": "going_modular.vit", ')
+    with pytest.raises(CheckpointError, match="JSON"):
+        read_checkpoint(checkpoint)
+
+
+def corrupt(data: bytes, case: str) -> bytes:
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    name = next(key for key in header if key != "__metadata__")
+    if case == "truncated":
+        return data[: len(data) // 2]
+    if case == "short":
+        return data[:5]
+    if case == "huge-header-length":
+        return (len(data) * 2).to_bytes(8, "little") + data[8:]
+    if case == "not-json":
+        return data[:8] + b"\xff" * n + data[8 + n :]
+    header[name] = {
+        "bad-offsets": dict(header[name], data_offsets=[0, 3]),
+        "bad-dtype": dict(header[name], dtype="F8_E4M3"),
+        "no-shape": {k: v for k, v in header[name].items() if k != "shape"},
+    }[case]
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
+
+
+@pytest.mark.parametrize(
+    "case", ["truncated", "short", "huge-header-length", "not-json", "bad-offsets", "bad-dtype", "no-shape"]
+)
+def test_malformed_safetensors_are_refused(checkpoint, case):
+    file = checkpoint / WEIGHTS_FILE
+    file.write_bytes(corrupt(file.read_bytes(), case))
+    with pytest.raises(CheckpointError, match=WEIGHTS_FILE):
+        read_checkpoint(checkpoint)
+
+
+def test_read_safetensors_reads_every_dtype_and_widens_bfloat16(tmp_path):
+    arrays = {
+        "f64": np.arange(6, dtype=np.float64).reshape(2, 3),
+        "f16": np.ones(3, np.float16),
+        "i64": np.arange(4, dtype=np.int64),
+        "u8": np.arange(5, dtype=np.uint8),
+        "b": np.array([True, False]),
+    }
+    save_numpy(arrays, tmp_path / "a.safetensors")
+    read = read_safetensors(tmp_path / "a.safetensors")
+    assert all(read[k].dtype == v.dtype and np.array_equal(read[k], v) for k, v in arrays.items())
+    from safetensors.torch import save_file
+
+    values = torch.tensor([1.0, -2.5, 3.140625, 1e-3])
+    save_file({"x": values.to(torch.bfloat16)}, tmp_path / "b.safetensors")
+    widened = read_safetensors(tmp_path / "b.safetensors")["x"]
+    assert widened.dtype == np.float32
+    np.testing.assert_array_equal(widened, values.to(torch.bfloat16).float().numpy())
