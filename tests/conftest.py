@@ -3,6 +3,7 @@
 Helpers are plain functions, imported by the test modules with ``from conftest import randomise_head``.
 """
 
+import json
 import os
 
 import pytest
@@ -60,3 +61,25 @@ def randomise_all(model: nn.Module, std: float, *, replace: bool = False) -> nn.
             else:
                 parameter.add_(std * torch.randn_like(parameter))
     return model.eval()
+
+
+def corrupt(data: bytes, case: str) -> bytes:
+    """A safetensors file's bytes, broken in the named way (for the tests of the one reader)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    name = next(key for key in header if key != "__metadata__")
+    if case == "truncated":
+        return data[: len(data) // 2]
+    if case == "short":
+        return data[:5]
+    if case == "huge-header-length":
+        return (len(data) * 2).to_bytes(8, "little") + data[8:]
+    if case == "not-json":
+        return data[:8] + b"\xff" * n + data[8 + n :]
+    header[name] = {
+        "bad-offsets": dict(header[name], data_offsets=[0, 3]),
+        "bad-dtype": dict(header[name], dtype="F8_E4M3"),
+        "no-shape": {k: v for k, v in header[name].items() if k != "shape"},
+    }[case]
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]

@@ -10,7 +10,7 @@ import torch
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 
-from conftest import randomise_all
+from conftest import corrupt, randomise_all
 from going_modular.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -183,27 +183,6 @@ def test_malformed_json_is_refused(checkpoint):
     (checkpoint / CONFIG_FILE).write_text('{"format": "going_modular.vit", ')
     with pytest.raises(CheckpointError, match="JSON"):
         read_checkpoint(checkpoint)
-
-
-def corrupt(data: bytes, case: str) -> bytes:
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + n])
-    name = next(key for key in header if key != "__metadata__")
-    if case == "truncated":
-        return data[: len(data) // 2]
-    if case == "short":
-        return data[:5]
-    if case == "huge-header-length":
-        return (len(data) * 2).to_bytes(8, "little") + data[8:]
-    if case == "not-json":
-        return data[:8] + b"\xff" * n + data[8 + n :]
-    header[name] = {
-        "bad-offsets": dict(header[name], data_offsets=[0, 3]),
-        "bad-dtype": dict(header[name], dtype="F8_E4M3"),
-        "no-shape": {k: v for k, v in header[name].items() if k != "shape"},
-    }[case]
-    text = json.dumps(header).encode()
-    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 @pytest.mark.parametrize(
