@@ -127,27 +127,26 @@ def image_folder(root: Path, broken: bool = False) -> Path:
     return root
 
 
+def folder_argv(data: Path, output: Path, *extra: str) -> list[str]:
+    """vit-train's arguments for one epoch on the tiny 8x8 ImageFolder at ``data``."""
+    return [
+        "--dataset",
+        str(data),
+        "--image-size",
+        "8",
+        "--patch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--output",
+        str(output),
+        *extra,
+    ]
+
+
 def test_trains_on_an_image_folder(tmp_path, capsys):
     data = image_folder(tmp_path / "data")
-    status = main(
-        [
-            "--dataset",
-            str(data),
-            "--image-size",
-            "8",
-            "--patch-size",
-            "4",
-            "--epochs",
-            "1",
-            "--warmup-steps",
-            "0",
-            "--num-workers",
-            "0",
-            "--no-progress",
-            "--output",
-            str(tmp_path / "run"),
-        ]
-    )
+    status = main(folder_argv(data, tmp_path / "run", "--warmup-steps", "0", "--num-workers", "0", "--no-progress"))
     assert status == 0
     _, metadata = load_model(tmp_path / "run" / "checkpoint")
     assert metadata["class_names"] == ["dark", "light"] and metadata["preprocessing"]["channels"] == 3
@@ -156,20 +155,7 @@ def test_trains_on_an_image_folder(tmp_path, capsys):
 
 def test_unreadable_image_exits_1_naming_it(tmp_path, capsys):
     data = image_folder(tmp_path / "data", broken=True)
-    status = main(
-        [
-            "--dataset",
-            str(data),
-            "--image-size",
-            "8",
-            "--patch-size",
-            "4",
-            "--epochs",
-            "1",
-            "--output",
-            str(tmp_path / "run"),
-        ]
-    )
+    status = main(folder_argv(data, tmp_path / "run"))
     assert status == 1
     assert "0.png" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
