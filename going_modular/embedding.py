@@ -75,23 +75,31 @@ class PatchEmbedding(nn.Module):
 
 # notebooks/02_patch_embedding.ipynb, cell 23
 def resize_position_embedding(
-    position_embedding: torch.Tensor, old_grid: Sequence[int], new_grid: Sequence[int]
+    position_embedding: torch.Tensor,
+    old_grid: Sequence[int],
+    new_grid: Sequence[int],
+    *,
+    mode: str = "bicubic",
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """Resize E_pos to another patch grid: (1, 1 + h*w, D) -> (1, 1 + h'*w', D).
 
-    Row 0 (the class token) is kept; the other rows, a (h, w) grid in raster order, are resized
-    with bicubic interpolation (align_corners=False, no antialiasing).
+    Row 0 (the class token) is kept; the other rows, a (h, w) grid in raster order, are resized in 2-D
+    (``F.interpolate``, no antialiasing). The default, bicubic with ``align_corners=False``, is what the
+    model uses; ``mode="bilinear", align_corners=True`` is the original JAX code's linear resize.
     """
     (h, w), (new_h, new_w) = to_pair(tuple(old_grid), "old_grid"), to_pair(tuple(new_grid), "new_grid")
     if position_embedding.ndim != 3 or position_embedding.shape[:2] != (1, 1 + h * w):
         raise ValueError(
             f"expected a position embedding of shape (1, 1 + {h}*{w}, D), got {tuple(position_embedding.shape)}"
         )
+    if mode not in ("bicubic", "bilinear"):
+        raise ValueError(f"mode must be 'bicubic' or 'bilinear', got {mode!r}")
     if (h, w) == (new_h, new_w):
         return position_embedding
     class_row, grid = position_embedding[:, :1], position_embedding[:, 1:]
     dim = position_embedding.shape[-1]
     grid = grid.reshape(1, h, w, dim).permute(0, 3, 1, 2)  # (1, D, h, w)
-    grid = F.interpolate(grid, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=False)
+    grid = F.interpolate(grid, size=(new_h, new_w), mode=mode, align_corners=align_corners, antialias=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_h * new_w, dim)
     return torch.cat([class_row, grid], dim=1)

@@ -15,9 +15,20 @@ from tqdm import tqdm
 
 # notebooks/08_training.ipynb, cell 9
 def build_optimizer(
-    model: nn.Module, *, lr: float = 1e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.999)
-) -> torch.optim.AdamW:
-    """AdamW; no weight decay for parameters with ndim <= 1 nor for those ``model.no_weight_decay()`` names."""
+    model: nn.Module,
+    *,
+    optimizer: str = "adamw",
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.999),
+    momentum: float = 0.9,
+) -> torch.optim.Optimizer:
+    """AdamW (Table 3) or SGD with momentum (fine-tuning, Appendix B.1.1).
+
+    No weight decay for parameters with ndim <= 1 nor for those ``model.no_weight_decay()`` names.
+    """
+    if optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
     if not weight_decay >= 0:
@@ -28,6 +39,8 @@ def build_optimizer(
     decay = [p for name, p in named.items() if p.requires_grad and p.ndim > 1 and name not in exempt]
     no_decay = [p for name, p in named.items() if p.requires_grad and (p.ndim <= 1 or name in exempt)]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
@@ -166,8 +179,10 @@ def train(
     test_loader: DataLoader,
     *,
     epochs: int,
+    optimizer: str = "adamw",
     lr: float = 1e-3,
     weight_decay: float = 0.1,
+    momentum: float = 0.9,
     warmup_steps: int | None = None,
     decay: str = "cosine",
     label_smoothing: float = 0.0,
@@ -179,7 +194,8 @@ def train(
 ) -> dict[str, list[float]]:
     """Train ``model`` for ``epochs``, evaluate it after each; return the metrics per epoch.
 
-    ``warmup_steps=None`` warms up for ``default_warmup_steps`` of the run's steps.
+    ``optimizer`` is "adamw" (pre-training) or "sgd" with ``momentum`` (fine-tuning). ``warmup_steps=None``
+    warms up for ``default_warmup_steps`` of the run's steps.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -195,8 +211,8 @@ def train(
     total_steps = epochs * len(train_loader)
     warmup_steps = default_warmup_steps(total_steps) if warmup_steps is None else warmup_steps
     model.to(device)
-    optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay)
-    scheduler = build_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup_steps, decay=decay)
+    opt = build_optimizer(model, optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    scheduler = build_scheduler(opt, total_steps=total_steps, warmup_steps=warmup_steps, decay=decay)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     runner = torch.compile(model) if compile_model else model
@@ -208,7 +224,7 @@ def train(
             runner,
             train_loader,
             loss_fn,
-            optimizer,
+            opt,
             device=device,
             scheduler=scheduler,
             scaler=scaler,
@@ -221,7 +237,7 @@ def train(
         for split, metrics in (("train", trained), ("test", tested)):
             history[f"{split}_loss"].append(metrics["loss"])
             history[f"{split}_accuracy"].append(metrics["accuracy"])
-        history["lr"].append(optimizer.param_groups[0]["lr"])
+        history["lr"].append(opt.param_groups[0]["lr"])
         history["seconds"].append(time.perf_counter() - start)
         if progress:
             tqdm.write(

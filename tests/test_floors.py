@@ -138,6 +138,7 @@ SINCE_1X = {
     "torch.ones",
     "torch.optim.AdamW",
     "torch.optim.Optimizer",
+    "torch.optim.SGD",
     "torch.optim.lr_scheduler.CosineAnnealingLR",
     "torch.randn",
     "torch.randperm",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import pytest
 import timm
 import torch
 import torchvision
+from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer
 
 from conftest import randomise_head
@@ -13,8 +17,11 @@ from going_modular import (
     StateDictMismatchError,
     ViT,
     create_vit,
+    jax_npz_config,
+    load_jax_npz,
     load_timm_state_dict,
     load_torchvision_state_dict,
+    resize_position_embedding,
     to_timm_state_dict,
     to_torchvision_state_dict,
 )
@@ -146,3 +153,147 @@ def test_timm_layout_has_no_conv_stem_or_pre_logits():
         model = ViT(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, **options)
         with pytest.raises(ValueError, match="no counterpart in timm's ViT"):
             to_timm_state_dict(model)
+
+
+# The original JAX checkpoints (.npz). The layout below is written from the format's description
+# (Flax module paths; dense kernels (in, out), attention kernels (D, heads, D_h) and (heads, D_h, D),
+# the patch kernel (P, P, C, D)), not from our loader, and timm's `load_pretrained` is the reference.
+def jax_arrays(*, d=48, depth=2, heads=3, mlp=96, patch=8, grid=4, classes=7, representation=None, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def draw(*shape):
+        return rng.normal(scale=0.5, size=shape).astype(np.float32)
+
+    arrays = {
+        "embedding/kernel": draw(patch, patch, 3, d),
+        "embedding/bias": draw(d),
+        "cls": draw(1, 1, d),
+        "Transformer/posembed_input/pos_embedding": draw(1, 1 + grid * grid, d),
+        "Transformer/encoder_norm/scale": draw(d),
+        "Transformer/encoder_norm/bias": draw(d),
+    }
+    for i in range(depth):
+        block = f"Transformer/encoderblock_{i}/"
+        for norm in ("LayerNorm_0", "LayerNorm_2"):
+            arrays[f"{block}{norm}/scale"], arrays[f"{block}{norm}/bias"] = draw(d), draw(d)
+        for name in ("query", "key", "value"):
+            arrays[f"{block}MultiHeadDotProductAttention_1/{name}/kernel"] = draw(d, heads, d // heads)
+            arrays[f"{block}MultiHeadDotProductAttention_1/{name}/bias"] = draw(heads, d // heads)
+        arrays[f"{block}MultiHeadDotProductAttention_1/out/kernel"] = draw(heads, d // heads, d)
+        arrays[f"{block}MultiHeadDotProductAttention_1/out/bias"] = draw(d)
+        for dense, (n_in, n_out) in (("Dense_0", (d, mlp)), ("Dense_1", (mlp, d))):
+            arrays[f"{block}MlpBlock_3/{dense}/kernel"], arrays[f"{block}MlpBlock_3/{dense}/bias"] = (
+                draw(n_in, n_out),
+                draw(n_out),
+            )
+    features = d
+    if representation:
+        arrays["pre_logits/kernel"], arrays["pre_logits/bias"] = draw(d, representation), draw(representation)
+        features = representation
+    arrays["head/kernel"], arrays["head/bias"] = draw(features, classes), draw(classes)
+    return arrays
+
+
+def write_npz(folder, arrays, name="ViT.npz"):
+    path = folder / name
+    np.savez(path, **arrays)
+    return path
+
+
+def timm_from_npz(path, *, num_classes, img_size=32, patch=8, d=48, depth=2, heads=3, mlp_ratio=2.0):
+    model = TimmViT(
+        img_size=img_size,
+        patch_size=patch,
+        embed_dim=d,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=mlp_ratio,
+        num_classes=num_classes,
+        act_layer=functools.partial(torch.nn.GELU, approximate="tanh"),
+    ).eval()
+    model.load_pretrained(str(path))
+    return model
+
+
+def test_jax_npz_logits_match_timms_loader(tmp_path):
+    path = write_npz(tmp_path, jax_arrays(classes=7))
+    config = jax_npz_config(path)
+    assert config == dict(
+        img_size=32,
+        patch_size=8,
+        in_channels=3,
+        num_classes=7,
+        embed_dim=48,
+        depth=2,
+        num_heads=3,
+        mlp_ratio=2.0,
+        qkv_bias=True,
+        representation_size=None,
+        gelu_approximate="tanh",
+    )
+    ours = load_jax_npz(ViT(**config), path).eval()
+    reference = timm_from_npz(path, num_classes=7)
+    assert max_difference(ours, reference, torch.randn(3, 3, 32, 32)) <= 1e-4
+
+
+def test_jax_npz_with_pre_logits_matches_timm_features_and_the_files_dense_layers(tmp_path):
+    arrays = jax_arrays(classes=5, representation=24)
+    path = write_npz(tmp_path, arrays)
+    ours = load_jax_npz(ViT(**jax_npz_config(path)), path).eval()
+    assert ours.config["representation_size"] == 24
+    reference = timm_from_npz(path, num_classes=0)  # timm drops pre-logits: it stops at y = LN(z_L^0)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        y = reference(x).numpy()
+        logits = ours(x).numpy()
+    expected = np.tanh(y @ arrays["pre_logits/kernel"] + arrays["pre_logits/bias"])
+    expected = expected @ arrays["head/kernel"] + arrays["head/bias"]
+    assert np.abs(expected).max() > 1e-2
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
+
+
+def test_jax_npz_with_another_grid_resizes_the_position_embeddings(tmp_path):
+    arrays = jax_arrays(grid=4)
+    path = write_npz(tmp_path, arrays)
+    model = load_jax_npz(ViT(**jax_npz_config(path) | {"img_size": 48}), path)
+    position = torch.from_numpy(arrays["Transformer/posembed_input/pos_embedding"])
+    assert model.position_embedding.shape == (1, 1 + 6 * 6, 48)
+    torch.testing.assert_close(model.position_embedding.data, resize_position_embedding(position, (4, 4), (6, 6)))
+    torch.testing.assert_close(model.class_token.data, torch.from_numpy(arrays["cls"]))
+
+
+def test_jax_npz_that_does_not_fit_lists_every_problem(tmp_path):
+    arrays = jax_arrays()
+    del arrays["Transformer/encoderblock_1/LayerNorm_2/bias"]
+    arrays["Transformer/encoderblock_2/LayerNorm_0/scale"] = np.zeros(48, np.float32)
+    arrays["head/kernel"] = np.zeros((48, 9), np.float32)
+    path = write_npz(tmp_path, arrays)
+    model = ViT(**jax_npz_config(path) | {"depth": 2, "num_classes": 7})
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(StateDictMismatchError) as error:
+        load_jax_npz(model, path)
+    message = str(error.value)
+    assert "missing keys (1): Transformer/encoderblock_1/LayerNorm_2/bias" in message
+    assert "unexpected keys (1): Transformer/encoderblock_2/LayerNorm_0/scale" in message
+    assert "head/kernel (expected (48, 7), got (48, 9))" in message
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+
+def test_jax_npz_into_an_exact_gelu_model_warns(tmp_path):
+    path = write_npz(tmp_path, jax_arrays())
+    with pytest.warns(UserWarning, match="tanh GELU"):
+        load_jax_npz(ViT(**jax_npz_config(path) | {"gelu_approximate": "none"}), path)
+
+
+def test_jax_npz_bad_files_get_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        jax_npz_config(tmp_path / "missing.npz")
+    not_npz = tmp_path / "weights.npz"
+    not_npz.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="expected an .npz archive"):
+        jax_npz_config(not_npz)
+    other = write_npz(tmp_path, {"a": np.zeros(3)}, name="other.npz")
+    with pytest.raises(ValueError, match="not a JAX ViT checkpoint"):
+        jax_npz_config(other)
+    with pytest.raises(ValueError, match="convolutional stem"):
+        load_jax_npz(ViT(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, conv_stem=True), other)

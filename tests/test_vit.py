@@ -6,9 +6,11 @@ import json
 import re
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.vision_transformer import EncoderBlock as TorchvisionEncoderBlock
@@ -109,6 +111,17 @@ def test_resize_position_embedding_matches_bicubic_interpolation_and_keeps_class
 def test_resize_position_embedding_keeps_a_constant_embedding_constant():
     pos = torch.full((1, 1 + 9, 4), 0.5)
     torch.testing.assert_close(resize_position_embedding(pos, (3, 3), (5, 8)), torch.full((1, 41, 4), 0.5))
+
+
+def test_resize_position_embedding_linear_mode_is_the_original_jax_zoom():
+    """The original code resizes with scipy.ndimage.zoom(order=1): linear, with the corners aligned."""
+    pos = torch.randn(1, 1 + 4 * 6, 8, dtype=torch.float64)
+    resized = resize_position_embedding(pos, (4, 6), (7, 9), mode="bilinear", align_corners=True)
+    grid = pos[0, 1:].reshape(4, 6, 8).numpy()
+    expected = ndimage.zoom(grid, (7 / 4, 9 / 6, 1), order=1)  # (7, 9, 8)
+    np.testing.assert_allclose(resized[0, 1:].reshape(7, 9, 8).numpy(), expected, atol=1e-12)
+    with pytest.raises(ValueError, match="mode must be 'bicubic' or 'bilinear', got 'nearest'"):
+        resize_position_embedding(pos, (4, 6), (7, 9), mode="nearest")
 
 
 def test_resize_position_embedding_rejects_wrong_shape():
