@@ -17,6 +17,8 @@ CONSTRAINTS ?= constraints.txt
 # Notebooks for `make execute` (default: every chapter).
 NB ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`; tests/conftest.py groups the tests so that parallel runs are safe.
+PYTEST_JOBS ?= 2
 
 MATHJAX_VERSION ?= 3.2.2
 MATHJAX_DIR := _deps/mathjax-site/_static/mathjax
@@ -70,7 +72,7 @@ check: $(STAMP)
 	exit $$status
 
 test: $(STAMP) $(MATHJAX)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 export: $(STAMP)
 	$(BIN)/python tools/nbexport.py

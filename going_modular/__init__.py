@@ -4,7 +4,7 @@
 
 One module per chapter, each exported from the chapter that teaches it: ``patches``, ``embedding``
 (Equation 1), ``attention`` (Equation 2), ``block`` (Equation 3), ``vit`` (Equation 4), ``variants``
-(Table 1), ``porting`` (torchvision, timm and the original JAX weights), ``engine`` (training), ``numpy_vit`` (the
+(Table 1), ``porting`` (torchvision and timm weights), ``engine`` (training), ``numpy_vit`` (the
 forward pass in NumPy), and the appendices' plumbing. The model's names are importable from the
 package itself (``from going_modular import create_vit``); they are loaded on first use, so that
 ``going_modular.numpy_vit`` can be imported without PyTorch.
@@ -37,8 +37,8 @@ _MODULE_OF = {
     "load_timm_state_dict": "porting",
     "to_torchvision_state_dict": "porting",
     "to_timm_state_dict": "porting",
-    "jax_npz_config": "porting",
-    "load_jax_npz": "porting",
+    "jax_npz_config": "jax_checkpoint",
+    "load_jax_npz": "jax_checkpoint",
 }
 __all__ = sorted(_MODULE_OF)
 

@@ -16,6 +16,8 @@ CHECKPOINT_FORMAT = "going_modular.vit"
 CHECKPOINT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# Hyperparameters the model gained after version 1, with the value that older checkpoints imply.
+NEWER_HYPERPARAMETERS = {"global_pool": "token"}
 REQUIRED_MODEL_KEYS = ("img_size", "patch_size", "num_heads", "depth")
 
 
@@ -151,7 +153,8 @@ def load_weights(model, path: str | os.PathLike) -> dict:
 
     model = getattr(model, "_orig_mod", model)
     document, arrays = read_checkpoint(path)
-    saved, current = document["model"], json.loads(json.dumps(getattr(model, "config", {})))  # tuples -> lists
+    current = json.loads(json.dumps(getattr(model, "config", {})))  # tuples -> lists
+    saved = {key: value for key, value in NEWER_HYPERPARAMETERS.items() if key in current} | document["model"]
     problems = [
         f"hyperparameter {key}: checkpoint {saved.get(key)!r}, model {current.get(key)!r}"
         for key in sorted(saved.keys() | current.keys())

@@ -133,12 +133,16 @@ def build_transform(
 # notebooks/A2_data.ipynb, cell 10
 @dataclass
 class DataSplits:
-    """A train and a test dataset of (image (c, h, w), label) pairs, with what describes them."""
+    """A train and a test dataset of (image (c, h, w), label) pairs, with what describes them.
+
+    ``masks`` is None, or, for a dataset that has them, maps "train" and "test" to the objects' masks (n, h, w).
+    """
 
     train: Dataset
     test: Dataset
     class_names: list[str]
     preprocessing: dict
+    masks: dict[str, torch.Tensor] | None = None
 
 
 DIGITS_MAX_VALUE = 16.0
@@ -165,6 +169,83 @@ def load_digits_data(*, image_size: int | Sequence[int] = 8, test_size: float = 
 
 
 # notebooks/A2_data.ipynb, cell 15
+TEXTURE_NAMES = ("horizontal stripes", "vertical stripes", "diagonal stripes", "checkerboard")
+TEXTURE_PERIOD = 4  # pixels: two of one colour, two of the other
+
+
+def _clutter(rng: np.random.Generator, n: int, size: int, lines: int = 6, dots: int = 6) -> np.ndarray:
+    """Backgrounds (n, size, size, 3) in [0, 1]: a random colour under thin segments and small dots of random colours."""
+    centre = np.arange(size, dtype=np.float32) + 0.5  # pixel centres
+    y, x = centre[:, None], centre[None, :]
+    start = rng.uniform(0, size, (n, lines, 2, 1, 1)).astype(np.float32)
+    step = rng.uniform(-size / 2, size / 2, (n, lines, 2, 1, 1)).astype(np.float32)
+    dy, dx = y - start[:, :, 0], x - start[:, :, 1]  # (n, lines, size, size)
+    t = np.clip((dy * step[:, :, 0] + dx * step[:, :, 1]) / ((step**2).sum(axis=2) + 1e-6), 0, 1)
+    on_line = (dy - t * step[:, :, 0]) ** 2 + (dx - t * step[:, :, 1]) ** 2 <= 0.6**2
+    spot = rng.uniform(0, size, (n, dots, 2, 1, 1)).astype(np.float32)
+    radius = rng.uniform(0.8, 2.0, (n, dots, 1, 1)).astype(np.float32)
+    on_dot = (y - spot[:, :, 0]) ** 2 + (x - spot[:, :, 1]) ** 2 <= radius**2
+    layers = np.concatenate([np.ones((n, 1, size, size), bool), on_line, on_dot], axis=1)  # 0: the background
+    top = layers.shape[1] - 1 - np.argmax(layers[:, ::-1], axis=1)  # (n, size, size): the last layer drawn
+    palette = rng.uniform(0, 1, (n, layers.shape[1], 3)).astype(np.float32)
+    return np.take_along_axis(palette, top.reshape(n, -1, 1), axis=1).reshape(n, size, size, 3)
+
+
+def draw_textured_objects(
+    num_images: int, *, image_size: int = 32, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cluttered images with one textured disc or square each; the class is the texture.
+
+    Returns images (n, H, W, 3) uint8, labels (n,) int64 (indices into TEXTURE_NAMES, balanced) and the
+    objects' masks (n, H, W) bool. Colours, position, size, shape and phase are random and independent of the class.
+    """
+    n, size = num_images, image_size
+    labels = rng.permutation(np.arange(n) % len(TEXTURE_NAMES))
+    images = _clutter(rng, n, size)
+    half = rng.uniform(0.2, 0.35, (n, 1, 1)) * size  # half the side of the square, the radius of the disc
+    cy, cx = rng.uniform(half, size - half), rng.uniform(half, size - half)
+    y, x = (np.arange(size) + 0.5)[:, None], (np.arange(size) + 0.5)[None, :]
+    ry, rx = np.abs(y - cy) / half, np.abs(x - cx) / half
+    masks = np.where(rng.uniform(size=(n, 1, 1)) < 0.5, ry**2 + rx**2 <= 1, np.maximum(ry, rx) <= 0.85)
+    phase = rng.integers(0, TEXTURE_PERIOD, (n, 2, 1, 1))
+    row, col = np.arange(size)[:, None] + phase[:, 0], np.arange(size)[None, :] + phase[:, 1]
+    bands = [band // (TEXTURE_PERIOD // 2) % 2 for band in np.broadcast_arrays(row, col, row + col)]
+    textures = np.stack([*bands, bands[0] ^ bands[1]])  # (4, n, H, W) in TEXTURE_NAMES order
+    first = np.take_along_axis(textures, labels[None, :, None, None], axis=0)[0].astype(bool)
+    colour_a = rng.uniform(0, 1, (n, 3))
+    colour_b = (colour_a + 0.5 + rng.uniform(-0.2, 0.2, (n, 3))) % 1.0  # far from colour_a in every channel
+    texture = np.where(first[..., None], colour_a[:, None, None], colour_b[:, None, None])
+    images = np.where(masks[..., None], texture, images) + rng.normal(0, 0.04, (n, size, size, 3))
+    return np.round(np.clip(images, 0, 1) * 255).astype(np.uint8), labels.astype(np.int64), masks
+
+
+def load_textures_data(
+    *, image_size: int = 32, num_train: int = 2000, num_test: int = 500, seed: int = 0
+) -> DataSplits:
+    """Textured objects on clutter, generated offline from ``seed``; ``masks`` holds each split's object masks.
+
+    Train and test are drawn from independent streams of the seed, so the test set does not depend on num_train.
+    """
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 16:
+        raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
+    for name, count in (("num_train", num_train), ("num_test", num_test)):
+        if not isinstance(count, int) or isinstance(count, bool) or count < len(TEXTURE_NAMES):
+            raise ValueError(f"{name} must be an int >= {len(TEXTURE_NAMES)} (one image per class), got {count!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    preprocessing = make_preprocessing(image_size, channels=3, max_value=255.0, mean=[0.5] * 3, std=[0.5] * 3)
+    splits, masks = {}, {}
+    for split, (count, stream) in {"train": (num_train, 0), "test": (num_test, 1)}.items():
+        raw, labels, mask = draw_textured_objects(
+            count, image_size=image_size, rng=np.random.default_rng([seed, stream])
+        )
+        images = (torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5  # the spec, vectorised
+        splits[split] = TensorDataset(images, torch.from_numpy(labels))
+        masks[split] = torch.from_numpy(mask)
+    return DataSplits(splits["train"], splits["test"], list(TEXTURE_NAMES), preprocessing, masks=masks)
+
+
+# notebooks/A2_data.ipynb, cell 20
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -218,7 +299,7 @@ def load_image_folder(
     return DataSplits(train=train, test=test, class_names=list(train.classes), preprocessing=preprocessing)
 
 
-# notebooks/A2_data.ipynb, cell 17
+# notebooks/A2_data.ipynb, cell 22
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -247,7 +328,7 @@ def load_cifar10(
     return DataSplits(train=train, test=test, class_names=list(train.classes), preprocessing=preprocessing)
 
 
-# notebooks/A2_data.ipynb, cell 19
+# notebooks/A2_data.ipynb, cell 24
 def set_seed(seed: int) -> None:
     """Seed Python's ``random``, NumPy and PyTorch (CPU and every GPU)."""
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -257,7 +338,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# notebooks/A2_data.ipynb, cell 21
+# notebooks/A2_data.ipynb, cell 26
 def get_device(name: str = "auto") -> torch.device:
     """``'auto'`` picks cuda, then mps, then cpu; an explicit name must be available here."""
     if name == "auto":
@@ -273,7 +354,7 @@ def get_device(name: str = "auto") -> torch.device:
     return device
 
 
-# notebooks/A2_data.ipynb, cell 22
+# notebooks/A2_data.ipynb, cell 27
 def _seed_worker(worker_id: int) -> None:
     """Seed NumPy and ``random`` in a DataLoader worker from the seed PyTorch gave it."""
     seed = torch.initial_seed() % 2**32

@@ -166,17 +166,18 @@ def vit(
     classifier: dict | None,
     n_head: int,
     pre_logits: dict | None = None,
+    global_pool: str = "token",
 ) -> np.ndarray:
     """The logits (K,) of one image (C, H, W): Equations 1-4 and the head, with ``vit_embeddings``'s keyword
     arguments, one dict of ``transformer_block``'s per block, ln_f {g, b, eps}, classifier {w (D, K), b (K,)}
-    or None (then y (D,) is returned) and the optional tanh layer pre_logits {w (D, R), b (R,)}."""
+    or None (then y (D,) is returned), the optional tanh layer pre_logits {w (D, R), b (R,)} and the pooling of y."""
     inputs = np.asarray(inputs)
     if inputs.dtype.kind not in "fiu":
         raise TypeError(f"expected a real-valued image array, got dtype {inputs.dtype}")
     x = vit_embeddings(inputs, **embeddings)  # z_0 (T, D)
     for block in encoder_blocks:
         x = transformer_block(x, **block, n_head=n_head)  # z_l (T, D)
-    y = layer_norm(x[0], **ln_f)  # y = LN(z_L^0): (D,)
+    y = layer_norm(x[0], **ln_f) if global_pool == "token" else layer_norm(x[1:], **ln_f).mean(axis=0)  # y: (D,)
     if pre_logits is not None:
         y = np.tanh(linear(y, **pre_logits))
     return y if classifier is None else linear(y, **classifier)  # (K,)
@@ -225,6 +226,7 @@ def load_hparams_and_params(path: str | os.PathLike | None = None) -> tuple[dict
         "encoder_blocks": [block(i) for i in range(int(hparams["depth"]))],
         "ln_f": norm("ln"),
         "classifier": dense("head") if hparams.get("num_classes", 1) else None,  # num_classes=0: no head
+        "global_pool": hparams.get("global_pool", "token"),
     }
     if hparams.get("representation_size"):
         params["pre_logits"] = dense("pre_logits.fc")

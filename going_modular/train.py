@@ -3,7 +3,8 @@
 """Train a ViT from the command line: ``python -m going_modular.train`` (or ``vit-train``).
 
 With no flags it trains the digits ViT of the training chapter on the CPU in about 20 seconds and
-writes ``checkpoint/``, ``metrics.json`` and ``loss_curve.png`` into ``--output``.
+writes ``checkpoint/``, ``metrics.json`` and ``loss_curve.png`` into ``--output``. With ``--pretrained`` it
+fine-tunes a checkpoint or an original JAX ``.npz`` instead (§3.2).
 """
 
 import argparse
@@ -26,10 +27,12 @@ from going_modular.data import (
     load_cifar10,
     load_digits_data,
     load_image_folder,
+    load_textures_data,
     set_seed,
 )
 from going_modular.engine import AMP_DTYPES, NonFiniteLossError, default_warmup_steps, init_truncated_normal, train
 from going_modular.files import DownloadError, atomic_write, download_and_extract
+from going_modular.finetune import from_pretrained, pretrained_config
 from going_modular.plots import plot_curves
 from going_modular.variants import create_vit
 from going_modular.vit import ViT
@@ -37,7 +40,7 @@ from going_modular.vit import ViT
 # notebooks/A4_command_line.ipynb, cell 5
 MODEL_SIZES = ("micro", "Ti", "S", "B", "L", "H")
 MICRO = dict(embed_dim=64, depth=4, num_heads=8, mlp_ratio=2.0)
-NATIVE = {"digits": (8, 2), "cifar10": (32, 4)}  # dataset -> (image size, patch size)
+NATIVE = {"digits": (8, 2), "textures": (32, 4), "cifar10": (32, 4)}  # dataset -> (image size, patch size)
 FOLDER_NATIVE = (224, 16)
 
 
@@ -54,9 +57,11 @@ def build_model(
 
 
 def load_data(dataset: str, *, image_size: int, data_dir: Path, seed: int, timeout: float = 10.0) -> DataSplits:
-    """'digits', 'cifar10', an ImageFolder path or an http(s) URL of a zipped ImageFolder."""
+    """'digits', 'textures', 'cifar10', an ImageFolder path or an http(s) URL of a zipped ImageFolder."""
     if dataset == "digits":
         return load_digits_data(image_size=image_size, seed=seed)
+    if dataset == "textures":
+        return load_textures_data(image_size=image_size, seed=seed)
     if dataset == "cifar10":
         return load_cifar10(data_dir, image_size=image_size, timeout=timeout)
     if dataset.startswith(("http://", "https://")):
@@ -105,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--dataset",
         default="digits",
-        help="'digits' (offline), 'cifar10' (downloads), a folder with train/ and test/ "
+        help="'digits' or 'textures' (offline; textures: objects on clutter, generated), 'cifar10' (downloads), a folder with train/ and test/ "
         "ImageFolder splits, or an http(s) URL of such a folder zipped",
     )
     data.add_argument("--data-dir", type=Path, default=Path("data"), help="where downloads are stored")
@@ -113,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-size",
         type=_number(int, 1),
         default=None,
-        help="input size in pixels (default: 8 for digits, 32 for cifar10, 224 for folders)",
+        help="input size in pixels (default: the --pretrained model's, else 8 for digits, 32 for textures "
+        "and cifar10, 224 for folders)",
     )
     data.add_argument("--batch-size", type=_number(int, 1), default=64, help="images per step")
     data.add_argument(
@@ -127,14 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--model",
         choices=MODEL_SIZES,
-        default="micro",
-        help="micro (D=64, 4 blocks, 8 heads, MLP 128) or a paper size: Ti/S from DeiT, B/L/H from Table 1",
+        default=None,
+        help="micro (D=64, 4 blocks, 8 heads, MLP 128) or a paper size: Ti/S from DeiT, B/L/H from Table 1 "
+        "(default: micro; with --pretrained, the checkpoint's)",
     )
     model.add_argument(
         "--patch-size",
         type=_number(int, 1),
         default=None,
-        help="patch size P (default: 2 for digits, 4 for cifar10, 16 for folders)",
+        help="patch size P (default: 2 for digits, 4 for textures and cifar10, 16 for folders; with --pretrained, the checkpoint's)",
     )
     model.add_argument(
         "--init",
@@ -142,11 +149,37 @@ def build_parser() -> argparse.ArgumentParser:
         default="trunc_normal",
         help="weights from N(0, 0.02^2) as timm and DeiT do, or the model's own (JAX) initialisation",
     )
+    model.add_argument(
+        "--pretrained",
+        type=Path,
+        metavar="PATH",
+        default=None,
+        help="fine-tune (§3.2) a going_modular checkpoint folder or an original JAX .npz: another --image-size "
+        "resizes E_pos in 2-D, another number of classes gets a new zero-initialised head",
+    )
     model.add_argument("--dropout", type=_number(float, 0, True, 1), default=0.0, help="dropout rate")
     optim = parser.add_argument_group("training (the paper's Table 3, scaled down)")
     optim.add_argument("--epochs", type=_number(int, 1), default=20, help="passes over the training set")
-    optim.add_argument("--lr", type=_number(float, 0, False), default=2e-3, help="peak learning rate of AdamW")
-    optim.add_argument("--weight-decay", type=_number(float, 0), default=0.05, help="AdamW weight decay")
+    optim.add_argument(
+        "--optimizer",
+        choices=("adamw", "sgd"),
+        default="adamw",
+        help="adamw (pre-training, Table 3) or sgd with momentum; with sgd the other defaults give the paper's "
+        "fine-tuning recipe: no weight decay, cosine decay, clipping at 1",
+    )
+    optim.add_argument(
+        "--lr",
+        type=_number(float, 0, False),
+        default=None,
+        help="peak learning rate (default: 2e-3 for adamw, 0.01 for sgd)",
+    )
+    optim.add_argument("--momentum", type=_number(float, 0, True, 1), default=0.9, help="SGD momentum")
+    optim.add_argument(
+        "--weight-decay",
+        type=_number(float, 0),
+        default=None,
+        help="decoupled weight decay (default: 0.05 for adamw, 0 for sgd)",
+    )
     optim.add_argument(
         "--warmup-steps",
         type=_number(int, 0),
@@ -175,9 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # notebooks/A4_command_line.ipynb, cell 10
-def image_and_patch_size(args: argparse.Namespace) -> tuple[int, int]:
-    """The flags' image and patch size, or the dataset's native ones."""
+LR = {"adamw": 2e-3, "sgd": 0.01}
+WEIGHT_DECAY = {"adamw": 0.05, "sgd": 0.0}
+
+
+def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Resolve the defaults that depend on another flag (the optimiser's learning rate and weight decay)."""
+    args.lr = args.lr or LR[args.optimizer]
+    args.weight_decay = WEIGHT_DECAY[args.optimizer] if args.weight_decay is None else args.weight_decay
+    return args
+
+
+def image_and_patch_size(args: argparse.Namespace, pretrained: dict | None = None) -> tuple[int, int]:
+    """The flags' image and patch size, else the pretrained model's, else the dataset's native ones."""
     native_size, native_patch = NATIVE.get(args.dataset, FOLDER_NATIVE)
+    if pretrained is not None:
+        native_size, native_patch = pretrained["img_size"], pretrained["patch_size"]
     return args.image_size or native_size, args.patch_size or native_patch
 
 
@@ -189,12 +235,18 @@ def prepare(args: argparse.Namespace, device: torch.device) -> tuple[DataSplits,
     train_loader, test_loader = create_dataloaders(
         data, batch_size=args.batch_size, seed=args.seed, num_workers=args.num_workers, device=device
     )
+    channels, classes = data.preprocessing["channels"], len(data.class_names)
+    if args.pretrained is not None:
+        model = from_pretrained(args.pretrained, img_size=image_size, num_classes=classes)
+        if model.config["in_channels"] != channels:
+            raise ValueError(f"--pretrained has {model.config['in_channels']} input channels, the data {channels}")
+        return data, train_loader, test_loader, model
     model = build_model(
-        args.model,
+        args.model or "micro",
         image_size=image_size,
         patch_size=patch_size,
-        in_channels=data.preprocessing["channels"],
-        num_classes=len(data.class_names),
+        in_channels=channels,
+        num_classes=classes,
         drop_rate=args.dropout,
     )
     if args.init == "trunc_normal":
@@ -211,7 +263,9 @@ def fit(
         train_loader,
         test_loader,
         epochs=args.epochs,
+        optimizer=args.optimizer,
         lr=args.lr,
+        momentum=args.momentum,
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps,
         decay=args.decay,
@@ -238,7 +292,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    image_size, patch_size = image_and_patch_size(args)
+    pretrained = None
+    if args.pretrained is not None:
+        fixed = [flag for flag, value in (("--model", args.model), ("--patch-size", args.patch_size)) if value]
+        if fixed or args.dropout:
+            parser.error(f"--pretrained fixes the architecture: drop {fixed + ['--dropout'] * bool(args.dropout)}")
+        try:
+            pretrained = pretrained_config(args.pretrained)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(f"--pretrained: {err}")
+    fill_defaults(args)
+    image_size, patch_size = image_and_patch_size(args, pretrained)
     if image_size % patch_size:
         parser.error(f"--image-size {image_size} must be a multiple of --patch-size {patch_size}")
     try:
@@ -258,8 +322,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"data: {args.dataset} | {len(data.train)} train / {len(data.test)} test images | "
             f"{len(data.class_names)} classes | {image_size}x{image_size} px"
         )
-        print(f"model: ViT-{args.model}/{patch_size} | {sum(p.numel() for p in model.parameters()):,} parameters")
-        print(f"training: {args.epochs} epochs x {len(train_loader)} steps | device {device} | amp {args.amp}")
+        name = f"pretrained {args.pretrained}" if args.pretrained else f"ViT-{args.model or 'micro'}/{patch_size}"
+        print(f"model: {name} | {sum(p.numel() for p in model.parameters()):,} parameters")
+        print(
+            f"training: {args.epochs} epochs x {len(train_loader)} steps | {args.optimizer} lr {args.lr} | "
+            f"device {device} | amp {args.amp}"
+        )
         start = time.perf_counter()
         history = fit(model, train_loader, test_loader, args, device)
         seconds = time.perf_counter() - start
@@ -304,7 +372,7 @@ def digits_checkpoint(folder: str | Path = "models/vit-digits") -> Path:
         return folder
     except (FileNotFoundError, CheckpointError):
         pass
-    args = build_parser().parse_args(["--no-progress", "--device", "cpu"])
+    args = fill_defaults(build_parser().parse_args(["--no-progress", "--device", "cpu"]))
     device, threads = torch.device("cpu"), torch.get_num_threads()
     torch.set_num_threads(1)  # the chapter trains on one thread: the same bits, and faster for a model this small
     try:

@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 from going_modular.patches import to_pair
 from going_modular.vit import ViT
@@ -21,17 +22,29 @@ VIT_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def create_vit(name: str = "B/16", **kwargs: Any) -> ViT:
+@overload
+def create_vit(name: str = "B/16", *, weights: None = None, **kwargs: Any) -> ViT: ...
+@overload
+def create_vit(name: str = "B/16", *, weights: str | os.PathLike, **kwargs: Any) -> tuple[ViT, Any]: ...
+
+
+def create_vit(name: str = "B/16", *, weights: str | os.PathLike | None = None, **kwargs: Any):
     """Build a Table 1 variant by name, e.g. ``"B/16"``, ``"ViT-L/32"`` or ``"vit_h_14"``.
 
-    Keyword arguments override the variant's and ViT's defaults (num_classes, img_size, ...).
+    Keyword arguments override the variant's and ViT's defaults (num_classes, img_size, ...). With
+    ``weights`` ("torchvision", a timm name, or an original JAX ``.npz``) it returns the pretrained model
+    and the preprocessing its weights expect: ``(model, preprocessing)``, see ``going_modular.pretrained``.
     """
     match = re.fullmatch(r"(?:vit[-_])?(ti|s|b|l|h)[/_](\d+)", name.strip().lower())
     if match is None:
         known = ", ".join(f"{size}/P" for size in VIT_VARIANTS)
         raise ValueError(f"unknown ViT variant {name!r}: expected one of {known} with a patch size P, e.g. 'B/16'")
-    size = {key.lower(): key for key in VIT_VARIANTS}[match.group(1)]
-    return ViT(**{**VIT_VARIANTS[size], "patch_size": int(match.group(2)), **kwargs})
+    size, patch = {key.lower(): key for key in VIT_VARIANTS}[match.group(1)], int(match.group(2))
+    if weights is not None:
+        from going_modular.pretrained import load_pretrained  # the appendix's downloads, only when asked for
+
+        return load_pretrained(size, patch, weights, **kwargs)
+    return ViT(**{**VIT_VARIANTS[size], "patch_size": patch, **kwargs})
 
 
 # notebooks/06_table1.ipynb, cell 8

@@ -21,7 +21,8 @@ class ViT(nn.Module):
 
     With ``num_classes=0`` there is no head and the output is the representation y (B, D), or the
     pre-logits (B, representation_size). Images of another size than ``img_size`` (both sides
-    multiples of the patch size) are accepted: the position embeddings are resized in 2-D.
+    multiples of the patch size) are accepted: the position embeddings are resized in 2-D. The head
+    reads y = LN(z_L^0) (``global_pool="token"``) or the mean of LN(z_L) over the patches ("avg").
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class ViT(nn.Module):
         conv_stem: bool = False,
         layer_norm_eps: float = 1e-6,
         gelu_approximate: str = "none",
+        global_pool: str = "token",
     ) -> None:
         super().__init__()
         img, patch = to_pair(img_size, "img_size"), to_pair(patch_size, "patch_size")
@@ -74,6 +76,10 @@ class ViT(nn.Module):
             raise ValueError(f"representation_size must be None or a positive int, got {representation_size!r}")
         if gelu_approximate not in ("none", "tanh"):
             raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {gelu_approximate!r}")
+        if global_pool not in ("token", "avg"):
+            raise ValueError(
+                f"global_pool must be 'token' (x_class) or 'avg' (the patch tokens' mean), got {global_pool!r}"
+            )
         self.config = dict(
             img_size=img[0] if img[0] == img[1] else list(img),
             patch_size=patch[0] if patch[0] == patch[1] else list(patch),
@@ -91,6 +97,7 @@ class ViT(nn.Module):
             conv_stem=conv_stem,
             layer_norm_eps=layer_norm_eps,
             gelu_approximate=gelu_approximate,
+            global_pool=global_pool,
         )
         self.patch_size = patch
         self.grid_size = (img[0] // patch[0], img[1] // patch[1])
@@ -204,5 +211,6 @@ class ViT(nn.Module):
             if return_attention
             else (self.forward_features(images), None)
         )
-        logits = self.head(self.pre_logits(z[:, 0]))  # the head reads y = LN(z_L^0)
+        y = z[:, 0] if self.config["global_pool"] == "token" else z[:, 1:].mean(dim=1)  # LN(z_L^0), or Appendix D.3
+        logits = self.head(self.pre_logits(y))
         return (logits, maps) if return_attention else logits

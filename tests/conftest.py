@@ -3,8 +3,12 @@
 Helpers are plain functions, imported by the test modules with ``from conftest import randomise_head``.
 """
 
+import contextlib
 import json
 import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -83,3 +87,40 @@ def corrupt(data: bytes, case: str) -> bytes:
     }[case]
     text = json.dumps(header).encode()
     return len(text).to_bytes(8, "little") + text + data[8 + n :]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Group the tests for pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``).
+
+    Each file is one group, so that a chapter's cells run in order in one kernel, as nbval needs.
+    The chapters that read or write the shared digits checkpoint (``models/vit-digits``) form a
+    single group: they run one after another, and none reads the folder while another replaces it.
+    """
+    shares: dict = {}
+    for item in items:
+        path = item.path
+        if path not in shares:
+            shares[path] = path.suffix == ".ipynb" and (
+                "vit-digits" in (text := path.read_text(encoding="utf-8")) or "digits_checkpoint(" in text
+            )
+        item.add_marker(pytest.mark.xdist_group("vit-digits" if shares[path] else str(path)))
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that keeps the test output free of access logs."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on 127.0.0.1 (a free port) in a background thread; yield the base URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

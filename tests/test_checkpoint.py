@@ -213,3 +213,21 @@ def test_read_safetensors_reads_every_dtype_and_widens_bfloat16(tmp_path):
     widened = read_safetensors(tmp_path / "b.safetensors")["x"]
     assert widened.dtype == np.float32
     np.testing.assert_array_equal(widened, values.to(torch.bfloat16).float().numpy())
+
+
+def test_global_pool_is_saved_and_older_checkpoints_mean_the_class_token(tmp_path):
+    torch.manual_seed(0)
+    pooled = randomise_all(tiny_vit(global_pool="avg"), std=0.1)
+    folder = save_model(pooled, tmp_path / "avg", metadata())
+    model, _ = load_model(folder)
+    x = torch.randn(2, 1, 8, 8)
+    assert model.config["global_pool"] == "avg"
+    torch.testing.assert_close(model(x), pooled.eval()(x))
+    # A checkpoint written before global_pool existed: its config has no such key, and it means "token".
+    token = save_model(tiny_vit(), tmp_path / "old", metadata())
+    config = json.loads((token / CONFIG_FILE).read_text())
+    del config["model"]["global_pool"]
+    (token / CONFIG_FILE).write_text(json.dumps(config))
+    assert load_model(token)[0].config["global_pool"] == "token"
+    with pytest.raises(CheckpointMismatchError, match="hyperparameter global_pool: checkpoint 'token', model 'avg'"):
+        load_weights(tiny_vit(global_pool="avg"), token)

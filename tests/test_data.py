@@ -9,13 +9,17 @@ import torch
 from PIL import Image
 
 from going_modular.data import (
+    TEXTURE_NAMES,
+    DataSplits,
     Preprocess,
     UnreadableImageError,
     build_transform,
     create_dataloaders,
+    draw_textured_objects,
     get_device,
     load_digits_data,
     load_image_folder,
+    load_textures_data,
     make_preprocessing,
     read_image,
     set_seed,
@@ -220,3 +224,93 @@ def test_get_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cuda"):
             get_device("cuda")
+
+
+@pytest.fixture(scope="module")
+def textures():
+    return load_textures_data(image_size=24, num_train=203, num_test=40, seed=3)
+
+
+def test_textures_shapes_dtypes_and_values(textures):
+    assert textures.class_names == list(TEXTURE_NAMES) and len(TEXTURE_NAMES) == 4
+    for split, count in (("train", 203), ("test", 40)):
+        images, labels = getattr(textures, split).tensors
+        masks = textures.masks[split]
+        assert images.shape == (count, 3, 24, 24) and images.dtype == torch.float32
+        assert labels.shape == (count,) and labels.dtype == torch.long
+        assert masks.shape == (count, 24, 24) and masks.dtype == torch.bool
+        assert images.min() >= -1.0 and images.max() <= 1.0  # (x / 255 - 0.5) / 0.5
+        assert set(labels.tolist()) == {0, 1, 2, 3}
+    assert textures.preprocessing == make_preprocessing(24, 3, 255.0, [0.5] * 3, [0.5] * 3)
+
+
+def test_textures_masks_are_non_empty_objects_inside_the_image(textures):
+    masks = torch.cat([textures.masks["train"], textures.masks["test"]]).float()
+    area = masks.sum(dim=(1, 2))
+    smallest = np.pi * (0.2 * 24 - 1) ** 2  # a disc whose radius is at least 0.2 image sides, minus a pixel
+    assert area.min() >= smallest and area.max() <= (2 * 0.85 * 0.35 * 24 + 1) ** 2
+    rows, cols = masks.any(dim=2), masks.any(dim=1)  # (n, 24): where the object is
+    height, width = rows.sum(dim=1), cols.sum(dim=1)
+    assert height.max() <= 2 * 0.35 * 24 + 1 and width.max() <= 2 * 0.35 * 24 + 1  # never cut by the border
+
+
+def test_textures_classes_are_balanced(textures):
+    counts = torch.bincount(textures.train.tensors[1], minlength=4)
+    assert counts.max() - counts.min() <= 1 and counts.sum() == 203
+
+
+def test_textures_follow_the_preprocessing_spec():
+    raw, labels, masks = draw_textured_objects(6, image_size=20, rng=np.random.default_rng([5, 1]))
+    splits = load_textures_data(image_size=20, num_train=4, num_test=6, seed=5)  # test: stream 1 of seed 5
+    assert raw.dtype == np.uint8 and raw.shape == (6, 20, 20, 3)
+    for i in range(6):
+        torch.testing.assert_close(Preprocess(splits.preprocessing)(raw[i]), splits.test.tensors[0][i])
+    assert torch.equal(torch.from_numpy(labels), splits.test.tensors[1])
+    assert torch.equal(torch.from_numpy(masks), splits.masks["test"])
+
+
+def test_textures_the_object_carries_its_texture():
+    raw, labels, masks = draw_textured_objects(40, image_size=32, rng=np.random.default_rng(0))
+    for image, label, mask in zip(raw.astype(float), labels, masks, strict=True):
+        inside = mask[:-1, :] & mask[1:, :], mask[:, :-1] & mask[:, 1:]  # vertical and horizontal neighbours
+        dv = np.abs(np.diff(image, axis=0)).sum(axis=2)[inside[0]].mean()  # colour change, summed over RGB
+        dh = np.abs(np.diff(image, axis=1)).sum(axis=2)[inside[1]].mean()
+        if label == 0:  # horizontal stripes change from row to row, hardly along a row
+            assert dv > 2 * dh, (dv, dh)
+        elif label == 1:
+            assert dh > 2 * dv, (dv, dh)
+
+
+def test_textures_are_determined_by_the_seed(textures):
+    again = load_textures_data(image_size=24, num_train=203, num_test=40, seed=3)
+    for a, b in ((textures.train, again.train), (textures.test, again.test)):
+        assert all(torch.equal(x, y) for x, y in zip(a.tensors, b.tensors, strict=True))
+    assert torch.equal(textures.masks["train"], again.masks["train"])
+    other = load_textures_data(image_size=24, num_train=203, num_test=40, seed=4)
+    assert not torch.equal(textures.train.tensors[0], other.train.tensors[0])
+    assert not torch.equal(textures.masks["test"], other.masks["test"])
+    longer = load_textures_data(image_size=24, num_train=300, num_test=40, seed=3)
+    assert torch.equal(longer.test.tensors[0], textures.test.tensors[0]), "the test set must not depend on num_train"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(image_size=8), "image_size must be an int >= 16"),
+        (dict(image_size=32.0), "image_size"),
+        (dict(num_train=3), "num_train must be an int >= 4"),
+        (dict(num_test=0), "num_test"),
+        (dict(num_test=True), "num_test"),
+        (dict(seed=-1), "seed must be a non-negative int"),
+    ],
+)
+def test_textures_reject_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        load_textures_data(**kwargs)
+
+
+def test_data_splits_without_masks_stay_compatible():
+    splits = load_digits_data(seed=0)
+    assert splits.masks is None
+    positional = DataSplits(splits.train, splits.test, splits.class_names, splits.preprocessing)
+    assert positional.masks is None

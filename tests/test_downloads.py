@@ -4,16 +4,15 @@ import hashlib
 import io
 import socket
 import tarfile
-import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import QuietHandler, http_server
 from going_modular.data import load_cifar10, load_image_folder
 from going_modular.files import DownloadError, download_and_extract, download_file
 
@@ -50,7 +49,7 @@ CORRUPT = (
 )
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     """Routes: /good.zip, /corrupt.zip, /garbage.zip, /truncated.zip, /slow.zip, /data.tar.gz; else 404."""
 
     hits: list[str] = []
@@ -82,19 +81,11 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_error(404, "Not Found")
 
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with http_server(Handler) as url:
+        yield url
 
 
 @pytest.fixture

@@ -66,6 +66,8 @@ ADDED = {
     "torchvision.transforms.v2.Normalize": "0.16",
     "torchvision.transforms.v2.ToImage": "0.16",
     "torchvision.transforms.v2.ToDtype": "0.16",
+    "torchvision.transforms.v2.InterpolationMode": "0.16",
+    "torchvision.models.get_model_weights": "0.14",  # the multi-weight API
 }
 # (function, keyword) -> the first torch release that accepts the keyword
 KEYWORDS_ADDED = {
@@ -78,6 +80,10 @@ KEYWORDS_ADDED = {
 # Names every torch 1.x (and every torchvision of that era) already had.
 SINCE_1X = {
     "torch",
+    "torch.hub.get_dir",
+    "torch.nn.AdaptiveAvgPool2d",
+    "torch.nn.Flatten",
+    "torch.nn.MaxPool2d",
     "torch.Generator",
     "torch.Tensor",
     "torch.arange",

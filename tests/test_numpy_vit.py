@@ -93,8 +93,19 @@ def test_vit_ti16_matches_pytorch(ti16, size):
             (40, 24),
         ),
         (dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, num_classes=0), (16, 16)),
+        (
+            dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=3, global_pool="avg"),
+            (24, 16),
+        ),
     ],
-    ids=["P8", "P14-one-channel-resized", "non-square-patches-and-grid", "pre-logits-no-qkv-bias-eps-tanh", "no-head"],
+    ids=[
+        "P8",
+        "P14-one-channel-resized",
+        "non-square-patches-and-grid",
+        "pre-logits-no-qkv-bias-eps-tanh",
+        "no-head",
+        "average-pooling-resized",
+    ],
 )
 def test_vit_other_configurations_match_pytorch(tmp_path, kwargs, size):
     torch.manual_seed(2)

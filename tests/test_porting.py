@@ -12,7 +12,7 @@ import torchvision
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer
 
-from conftest import randomise_head
+from conftest import randomise_all, randomise_head
 from going_modular import (
     StateDictMismatchError,
     ViT,
@@ -297,3 +297,17 @@ def test_jax_npz_bad_files_get_clear_errors(tmp_path):
         jax_npz_config(other)
     with pytest.raises(ValueError, match="convolutional stem"):
         load_jax_npz(ViT(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, conv_stem=True), other)
+
+
+def test_average_pooling_ports_to_timms_avg_model_without_fc_norm_and_not_to_torchvision():
+    torch.manual_seed(0)
+    ours = randomise_all(small_vit(global_pool="avg"), std=0.1)
+    reference = TimmViT(
+        img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=2, num_heads=2, global_pool="avg", fc_norm=False
+    )
+    reference.load_state_dict(to_timm_state_dict(ours))
+    assert max_difference(ours, reference, torch.randn(2, 3, 32, 32)) <= 1e-5
+    loaded = load_timm_state_dict(small_vit(global_pool="avg"), reference.state_dict())
+    assert max_difference(loaded, reference, torch.randn(2, 3, 32, 32)) <= 1e-5
+    with pytest.raises(ValueError, match="torchvision's ViT reads the class token"):
+        to_torchvision_state_dict(ours)

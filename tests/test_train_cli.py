@@ -33,7 +33,10 @@ def test_help_documents_every_flag(capsys):
 def test_help_states_each_default_once():
     text = " ".join(build_parser().format_help().split())  # undo the line wrapping
     assert "(default: None)" not in text and ") (default:" not in text
-    assert "(default: 8 for digits, 32 for cifar10, 224 for folders)" in text
+    assert (
+        "(default: the --pretrained model's, else 8 for digits, 32 for textures and cifar10, 224 for folders)" in text
+    )
+    assert "(default: 2e-3 for adamw, 0.01 for sgd)" in text and "(default: 0.05 for adamw, 0 for sgd)" in text
     assert "(default: min(100, 10% of the training steps))" in text
     assert "(default: 64)" in text and "(default: digits)" in text
     assert "dropout rate (default: 0.0)" in text and "shuffling (default: 0)" in text
@@ -52,6 +55,9 @@ def test_help_states_each_default_once():
         (["--image-size", "10", "--patch-size", "4"], "multiple of --patch-size"),
         (["--device", "tpu"], "--device"),
         (["--epochs", "1", "--warmup-steps", "1000"], "--warmup-steps"),
+        (["--optimizer", "lamb"], "--optimizer"),
+        (["--pretrained", "no/such/checkpoint"], "--pretrained: "),
+        (["--pretrained", "x.npz", "--model", "B"], "--pretrained fixes the architecture: drop ['--model']"),
     ],
 )
 def test_bad_flags_exit_2_with_usage(argv, message, capsys, tmp_path):
@@ -241,3 +247,87 @@ def test_digits_checkpoint_trains_when_the_folder_is_missing_or_invalid(tmp_path
         assert model.config["embed_dim"] == 64 and metadata["history"]["test_accuracy"] == [0.5]
         assert "seconds" not in metadata["history"]
     assert calls == [(20, 0, None, 1)] * 2  # the command line's defaults, on one thread
+
+
+def test_pretrained_digits_at_8_pixels_fine_tune_at_16(tmp_path, capsys):
+    assert main(["--epochs", "8", "--no-progress", "--output", str(tmp_path / "pre")]) == 0
+    argv = ["--pretrained", str(tmp_path / "pre" / "checkpoint"), "--image-size", "16", "--optimizer", "sgd"]
+    status = main(argv + ["--epochs", "3", "--no-progress", "--output", str(tmp_path / "fine")])
+    assert status == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "fine" / "metrics.json").read_text())
+    settings = metrics["settings"]
+    assert (settings["image_size"], settings["patch_size"], settings["lr"], settings["weight_decay"]) == (
+        16,
+        2,
+        0.01,
+        0,
+    )
+    assert settings["warmup_steps"] == (3 * 23) // 10  # the default: 10% of a short run
+    assert metrics["test_accuracy"] >= 0.85
+    model, _ = load_model(tmp_path / "fine" / "checkpoint")
+    assert model.config["img_size"] == 16 and model.position_embedding.shape == (1, 1 + 8 * 8, 64)
+
+
+def test_pretrained_jax_npz_with_other_classes_gets_a_new_head(tmp_path, capsys):
+    from going_modular.jax_checkpoint import jax_npz_layout
+    from going_modular.vit import ViT
+
+    layout = jax_npz_layout(
+        ViT(img_size=8, patch_size=2, in_channels=1, num_classes=7, embed_dim=32, depth=1, num_heads=2)
+    )
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "tiny.npz", **{key: rng.normal(0, 0.02, shape).astype(np.float32) for key, shape in layout.items()}
+    )
+    argv = [
+        "--pretrained",
+        str(tmp_path / "tiny.npz"),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--output",
+        str(tmp_path / "run"),
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    model, _ = load_model(tmp_path / "run" / "checkpoint")
+    assert model.config["num_classes"] == 10 and model.config["gelu_approximate"] == "tanh"
+    assert model.config["embed_dim"] == 32 and model.config["img_size"] == 8
+
+
+def test_pretrained_with_other_channels_exits_1(tmp_path, capsys):
+    from going_modular.jax_checkpoint import jax_npz_layout
+    from going_modular.vit import ViT
+
+    layout = jax_npz_layout(ViT(img_size=8, patch_size=2, num_classes=10, embed_dim=32, depth=1, num_heads=2))
+    np.savez(tmp_path / "rgb.npz", **{key: np.zeros(shape, np.float32) for key, shape in layout.items()})
+    argv = [
+        "--pretrained",
+        str(tmp_path / "rgb.npz"),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--output",
+        str(tmp_path / "r"),
+    ]
+    assert main(argv) == 1
+    assert "--pretrained has 3 input channels, the data 1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_textures_dataset_from_the_command_line(tmp_path, capsys):
+    argv = [
+        "--dataset",
+        "textures",
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--output",
+        str(tmp_path / "t"),
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert (metrics["settings"]["image_size"], metrics["settings"]["patch_size"]) == (16, 4)
+    _, metadata = load_model(tmp_path / "t" / "checkpoint")
+    assert len(metadata["class_names"]) == 4 and metadata["preprocessing"]["channels"] == 3

@@ -433,3 +433,18 @@ def test_closed_forms_refuse_the_conv_stem():
     for count in (count_parameters, count_macs):
         with pytest.raises(ValueError, match="conv_stem=True"):
             count(**config)
+
+
+def test_average_pooling_reads_the_mean_of_the_normed_patch_tokens():
+    torch.manual_seed(0)
+    model = randomise_head(
+        ViT(img_size=16, patch_size=4, num_classes=3, embed_dim=32, depth=1, num_heads=2, global_pool="avg")
+    )
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        z = model.forward_features(x)  # LN(z_L): (B, T, D)
+        torch.testing.assert_close(model(x), model.head(z[:, 1:].mean(dim=1)))
+        assert not torch.allclose(model(x), model.head(z[:, 0]))
+    assert model.config["global_pool"] == "avg"
+    with pytest.raises(ValueError, match="global_pool must be 'token' .* or 'avg' .*, got 'max'"):
+        ViT(global_pool="max")

@@ -1,0 +1,64 @@
+"""§3.2's fine-tuning moves: a zero-initialised head, E_pos resized to a new grid, loading what to fine-tune."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import randomise_all
+from going_modular.checkpoint import save_model
+from going_modular.finetune import from_pretrained, pretrained_config, replace_head, set_image_size
+from going_modular.vit import ViT
+
+
+def small(**overrides) -> ViT:
+    return ViT(
+        **dict(img_size=16, patch_size=4, in_channels=1, num_classes=3, embed_dim=32, depth=1, num_heads=2) | overrides
+    )
+
+
+def test_replace_head_drops_pre_logits_and_starts_at_zero():
+    torch.manual_seed(0)
+    model = randomise_all(small(representation_size=8), std=0.1)
+    features = model.forward_features(torch.randn(2, 1, 16, 16))[:, 0]
+    replace_head(model, 7)
+    assert isinstance(model.pre_logits, torch.nn.Identity) and model.head.weight.shape == (7, 32)
+    assert model.config["num_classes"] == 7 and model.config["representation_size"] is None
+    logits = model(torch.randn(2, 1, 16, 16))
+    assert logits.shape == (2, 7) and logits.abs().max() == 0
+    assert features.abs().max() > 0  # the body is untouched: only the head is new
+    with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
+        replace_head(model, 0)
+
+
+def test_set_image_size_interpolates_the_grid_and_keeps_the_class_row():
+    torch.manual_seed(0)
+    model = randomise_all(small(), std=0.1)
+    old = model.position_embedding.detach().clone()  # (1, 1 + 4*4, 32)
+    set_image_size(model, (24, 32))
+    grid = old[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
+    expected = (
+        F.interpolate(grid, size=(6, 8), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 48, 32)
+    )
+    torch.testing.assert_close(model.position_embedding[:, 1:].detach(), expected)
+    assert torch.equal(model.position_embedding[:, 0], old[:, 0])
+    assert model.grid_size == (6, 8) and model.config["img_size"] == [24, 32]
+    assert isinstance(model.position_embedding, torch.nn.Parameter) and model.position_embedding.requires_grad
+    assert model(torch.randn(1, 1, 24, 32)).shape == (1, 3)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        set_image_size(model, 18)
+
+
+def test_from_pretrained_checkpoint_folder(tmp_path):
+    torch.manual_seed(0)
+    model = randomise_all(small(), std=0.1)
+    folder = save_model(model, tmp_path / "ckpt", {"class_names": ["a", "b", "c"], "preprocessing": {}})
+    assert pretrained_config(folder) == model.config
+    same = from_pretrained(folder).eval()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), model.eval()(x))
+    moved = from_pretrained(folder, img_size=32, num_classes=5)
+    assert moved.position_embedding.shape == (1, 1 + 8 * 8, 32) and moved.head.weight.abs().max() == 0
+    assert from_pretrained(folder, img_size=16, num_classes=3).head.weight.abs().max() > 0  # nothing to change
+    with pytest.raises(FileNotFoundError):
+        from_pretrained(tmp_path / "missing")

@@ -1,0 +1,166 @@
+"""create_vit(name, weights=...): the online paths against an HTTP server on 127.0.0.1, and the offline failures."""
+
+import io
+import logging
+import socket
+import time
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from safetensors.torch import save as save_safetensors
+
+from conftest import QuietHandler, http_server, randomise_all
+from going_modular.files import DownloadError
+from going_modular.jax_checkpoint import jax_npz_layout
+from going_modular.pretrained import ImagePreprocessing
+from going_modular.variants import create_vit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TIMM_NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+FILES: dict[str, bytes] = {}  # URL path -> body, filled by the tests
+HITS: list[str] = []
+
+
+class Handler(QuietHandler):
+    def do_GET(self):  # noqa: N802 (the name http.server expects)
+        HITS.append(self.path)
+        body = FILES.get(self.path)
+        if body is None:
+            self.send_error(404, "Not Found")
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with http_server(Handler) as url:
+        yield url
+
+
+@pytest.fixture
+def timm_hub(server, monkeypatch):
+    """A random timm ViT-Ti/16, served as the Hub's model.safetensors of TIMM_NAME from 127.0.0.1."""
+    torch.manual_seed(0)
+    reference = randomise_all(timm.create_model("vit_tiny_patch16_224"), std=0.02)
+    FILES[f"/timm/{TIMM_NAME}/resolve/main/model.safetensors"] = save_safetensors(reference.state_dict())
+    monkeypatch.setenv("HF_ENDPOINT", server)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    return reference
+
+
+@pytest.fixture(autouse=True)
+def empty_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("GOING_MODULAR_CACHE", str(tmp_path / "cache"))
+    HITS.clear()
+
+
+def test_torchvision_weights_download_load_and_match_torchvision(server, monkeypatch):
+    # ViT-B/32 is torchvision's smallest ViT with weights; the file is served from 127.0.0.1.
+    weights = torchvision.models.ViT_B_32_Weights.IMAGENET1K_V1
+    torch.manual_seed(0)
+    reference = randomise_all(torchvision.models.vit_b_32(), std=0.02)
+    buffer = io.BytesIO()
+    torch.save(reference.state_dict(), buffer)
+    FILES["/models/vit_b_32.pth"] = buffer.getvalue()
+    monkeypatch.setattr(weights.value, "url", f"{server}/models/vit_b_32.pth")
+    model, preprocessing = create_vit("B/32", weights="torchvision")
+    assert preprocessing == ImagePreprocessing(256, 224, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-4)
+    assert not model.training
+    create_vit("B/32", weights="torchvision:IMAGENET1K_V1")  # cached: no second download
+    assert HITS == ["/models/vit_b_32.pth"]
+
+
+def test_timm_weights_come_from_the_hub_endpoint_and_match_timm(timm_hub):
+    model, preprocessing = create_vit("Ti/16", weights=TIMM_NAME)
+    assert preprocessing == ImagePreprocessing(248, 224, "bicubic", (0.5,) * 3, (0.5,) * 3)  # crop_pct 0.9
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), timm_hub(x), rtol=0, atol=1e-4)
+
+
+def test_fine_tuning_options_resize_e_pos_and_zero_the_head(timm_hub):
+    model, preprocessing = create_vit("Ti/16", weights=TIMM_NAME, img_size=384, num_classes=10, drop_path_rate=0.1)
+    assert model.position_embedding.shape == (1, 1 + 24 * 24, 192) and model.config["img_size"] == 384
+    assert model.head.weight.shape == (10, 192) and model.head.weight.abs().max() == 0
+    assert model.config["drop_path_rate"] == 0.1
+    assert (preprocessing.resize_size, preprocessing.crop_size) == (round(248 * 384 / 224), 384)
+
+
+def test_offline_fails_fast_saying_a_download_is_needed(monkeypatch):
+    with socket.socket() as sock:  # a port nothing listens on: the connection is refused at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    weights = torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1
+    monkeypatch.setattr(weights.value, "url", f"http://127.0.0.1:{port}/vit_b_16.pth")
+    start = time.perf_counter()
+    with pytest.raises(DownloadError, match="weights need a download from http://127.0.0.1"):
+        create_vit("B/16", weights="torchvision")
+    assert time.perf_counter() - start < 5
+
+
+def test_hf_hub_offline_fails_at_once_without_a_cached_file():
+    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE is set"):
+        create_vit("Ti/16", weights=TIMM_NAME)  # conftest sets HF_HUB_OFFLINE=1
+    assert HITS == []
+
+
+@pytest.mark.parametrize(
+    "name, weights, kwargs, message",
+    [
+        ("S/16", TIMM_NAME, {}, "is not a timm name of ViT-S/16 weights"),
+        ("Ti/16", "vit_tiny_patch16_224.no_such_tag", {}, "Invalid pretrained tag"),
+        ("Ti/16", "torchvision", {}, "torchvision has no weights for ViT-Ti/16"),
+        ("B/16", "torchvision:IMAGENET21K", {}, "has no weights 'IMAGENET21K'"),
+        ("B/16", "torchvision", {"embed_dim": 512}, "pretrained weights fix ['embed_dim']"),
+        ("B/16", "torchvision", {"img_size": (224, 320)}, "img_size must be an int"),
+    ],
+)
+def test_bad_requests_are_refused_before_any_download(name, weights, kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        create_vit(name, weights=weights, **kwargs)
+    assert HITS == []
+
+
+def jax_file(tmp_path, model) -> str:
+    rng = np.random.default_rng(0)
+    arrays = {key: rng.normal(0, 0.02, shape).astype(np.float32) for key, shape in jax_npz_layout(model).items()}
+    np.savez(tmp_path / "ViT.npz", **arrays)
+    return str(tmp_path / "ViT.npz")
+
+
+def test_jax_npz_by_path_uses_the_tanh_gelu_and_says_so(tmp_path, caplog):
+    path = jax_file(tmp_path, create_vit("Ti/16", num_classes=5))
+    with caplog.at_level(logging.WARNING, logger="going_modular.pretrained"):
+        model, preprocessing = create_vit("Ti/16", weights=path)
+    assert "tanh GELU" in caplog.text
+    assert model.config["gelu_approximate"] == "tanh" and model.config["num_classes"] == 5
+    assert preprocessing == ImagePreprocessing((224, 224), 224, "bilinear", (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="another architecture than ViT-S/16"):
+        create_vit("S/16", weights=path)
+
+
+def test_jax_npz_by_url_is_downloaded_once(server, tmp_path):
+    path = jax_file(tmp_path, create_vit("Ti/16", num_classes=5, depth=12))
+    FILES["/vit_models/ViT-Ti_16.npz"] = open(path, "rb").read()
+    for _ in range(2):
+        model, _ = create_vit("Ti/16", weights=f"{server}/vit_models/ViT-Ti_16.npz")
+    assert HITS == ["/vit_models/ViT-Ti_16.npz"] and model.config["num_classes"] == 5
+
+
+def test_image_preprocessing_equals_torchvisions_transform():
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    reference = torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1.transforms()
+    ours = ImagePreprocessing(256, 224, "bilinear", tuple(reference.mean), tuple(reference.std))
+    torch.testing.assert_close(ours(image), reference(image), rtol=0, atol=1e-5)
