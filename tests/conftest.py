@@ -89,23 +89,6 @@ def corrupt(data: bytes, case: str) -> bytes:
     return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
-def pytest_collection_modifyitems(config, items):
-    """Group the tests for pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``).
-
-    Each file is one group, so that a chapter's cells run in order in one kernel, as nbval needs.
-    The chapters that read or write the shared digits checkpoint (``models/vit-digits``) form a
-    single group: they run one after another, and none reads the folder while another replaces it.
-    """
-    shares: dict = {}
-    for item in items:
-        path = item.path
-        if path not in shares:
-            shares[path] = path.suffix == ".ipynb" and (
-                "vit-digits" in (text := path.read_text(encoding="utf-8")) or "digits_checkpoint(" in text
-            )
-        item.add_marker(pytest.mark.xdist_group("vit-digits" if shares[path] else str(path)))
-
-
 class QuietHandler(BaseHTTPRequestHandler):
     """A request handler that keeps the test output free of access logs."""
 
