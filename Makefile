@@ -27,7 +27,7 @@ MATHJAX := $(MATHJAX_DIR)/es5/tex-mml-chtml.js
 # What `make check` lints and format-checks (ruff, settings in pyproject.toml).
 LINT_PATHS := going_modular tools tests benchmarks book/_ext notebooks
 
-.PHONY: help install mathjax book check test export execute lock clean
+.PHONY: help install mathjax book check test browser export execute lock clean
 
 help:
 	@echo "make book      build the HTML book into _build/html (no execution)"
@@ -71,11 +71,23 @@ check: $(STAMP)
 	echo "== ruff format --check"; $(BIN)/python -m ruff format --check --output-format concise $(LINT_PATHS) || status=1; \
 	exit $$status
 
-test: $(STAMP) $(MATHJAX)
+test: $(STAMP) $(MATHJAX) browser
 	@# The digits checkpoint that several chapters read: made once here (about 20 s when missing), so
 	@# that chapters running in parallel never train and write it at the same time.
 	cd notebooks && HF_HUB_OFFLINE=1 $(abspath $(BIN))/python -c "from going_modular.train import digits_checkpoint; digits_checkpoint()"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+
+# Debian's Chromium and ChromeDriver for the browser tests (tests/test_book.py): installed when missing
+# and this is Debian as root; otherwise those tests are skipped, and under CI=true a skip fails them.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	  else \
+	    echo "note: no Chromium, and not root on Debian to install it: the browser tests will be skipped"; \
+	  fi; \
+	fi
 
 export: $(STAMP)
 	$(BIN)/python tools/nbexport.py

@@ -52,7 +52,7 @@ class ViT2DPosition(ViT):
 
     @property
     def position_embedding(self) -> torch.Tensor:
-        """E_pos (1, 1 + h*w, D) in raster order, built from X and Y."""
+        """E_pos (1, 1 + h w, D) in raster order, built from X and Y."""
         (h, w) = self.grid_size
         grid = torch.cat(
             [self.row_embedding[:, None].expand(h, w, -1), self.column_embedding[None].expand(h, w, -1)], -1

@@ -82,7 +82,7 @@ def resize_position_embedding(
     mode: str = "bicubic",
     align_corners: bool = False,
 ) -> torch.Tensor:
-    """Resize E_pos to another patch grid: (1, 1 + h*w, D) -> (1, 1 + h'*w', D).
+    """Resize E_pos to another patch grid: (1, 1 + h w, D) -> (1, 1 + h' w', D).
 
     Row 0 (the class token) is kept; the other rows, a (h, w) grid in raster order, are resized in 2-D
     (``F.interpolate``, no antialiasing). The default, bicubic with ``align_corners=False``, is what the

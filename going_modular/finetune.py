@@ -37,7 +37,7 @@ def replace_head(model: ViT, num_classes: int) -> ViT:
 def set_image_size(
     model: ViT, img_size: int | Sequence[int], *, mode: str = "bicubic", align_corners: bool = False
 ) -> ViT:
-    """Move ``model`` to another input resolution: E_pos (1, 1 + h*w, D) -> (1, 1 + h'*w', D), resized in 2-D.
+    """Move ``model`` to another input resolution: E_pos (1, 1 + h w, D) -> (1, 1 + h' w', D), resized in 2-D.
 
     In place (E_pos becomes a new parameter: build the optimiser afterwards); returns ``model``.
     """

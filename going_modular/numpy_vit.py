@@ -268,7 +268,7 @@ def resize_bicubic(x: np.ndarray, new_height: int, new_width: int) -> np.ndarray
 
 # notebooks/09_numpy_vit.ipynb, cell 53
 def vit_interpolation(position_embeddings: np.ndarray, img_size, patch_size=16, config_image_size=224) -> np.ndarray:
-    """E_pos (1 + h*w, D) trained for ``config_image_size`` -> (1 + h'*w', D) for ``img_size`` (ints or (H, W) pairs).
+    """E_pos (1 + h w, D) trained for ``config_image_size`` -> (1 + h' w', D) for ``img_size`` (ints or (H, W) pairs).
 
     Row 0, the class token's, is kept; the (h, w) grid of the others (sizes / patch size) is resized bicubically.
     """

@@ -29,7 +29,7 @@ from going_modular.variants import VIT_VARIANTS
 from going_modular.vit import ViT
 
 # notebooks/A8_pretrained.ipynb, cell 4
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 ADJUSTABLE = ("img_size", "num_classes", "drop_rate", "attn_drop_rate", "drop_path_rate")  # the rest: the weights'
 TIMM_SIZES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
 
@@ -149,7 +149,7 @@ def _jax(size: str, patch: int, source: str, timeout: float) -> tuple[dict, Path
     if differs:
         raise ValueError(f"{path} holds another architecture than ViT-{size}/{patch}: {differs}")
     img = config["img_size"]
-    log.warning("%s: the original JAX checkpoints use the tanh GELU; so does this model", path.name)
+    _log.warning("%s: the original JAX checkpoints use the tanh GELU; so does this model", path.name)
     return config, path, ImagePreprocessing((img, img), img, "bilinear", (0.5,) * 3, (0.5,) * 3)
 
 

@@ -9,6 +9,7 @@ import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,6 +88,17 @@ def corrupt(data: bytes, case: str) -> bytes:
     }[case]
     text = json.dumps(header).encode()
     return len(text).to_bytes(8, "little") + text + data[8 + n :]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Start the longest files first, so that `make test`'s two workers finish at about the same time.
+
+    tests/durations.json holds the seconds each slow file took (``make test PYTEST_ARGS=--durations=0``);
+    files not in it count as fast. Within a file the order is kept, as nbval needs.
+    """
+    seconds = json.loads((Path(__file__).parent / "durations.json").read_text(encoding="utf-8"))
+    root = config.rootpath
+    items.sort(key=lambda item: -seconds.get(item.path.relative_to(root).as_posix(), 0))  # a stable sort
 
 
 class QuietHandler(BaseHTTPRequestHandler):

@@ -7,17 +7,24 @@ folder: the repository's own ``_build`` is never touched. Every expectation is d
 
 from __future__ import annotations
 
+import ast
+import functools
 import html
+import os
 import posixpath
 import re
 import shutil
 import subprocess
 import sys
+import time
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import yaml
+
+from conftest import http_server
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
@@ -177,3 +184,201 @@ def test_badge_rejects_an_unusable_configuration(change: dict, message: str) -> 
 
     with pytest.raises(ExtensionError, match=re.escape(message)):
         colab_badge().colab_url(options, "notebooks/05_vit.ipynb")
+
+
+def test_landing_page_has_the_roadmap_and_three_ways_in(site: Path) -> None:
+    text = page(site, TOC["root"])
+    assert "Start here" in text and "Reading the book" in text and "on Colab" in text and "Reusing the package" in text
+    roadmap = text[text.index("Roadmap") :]
+    main_path = [name for name in NOTEBOOK_CHAPTERS if Path(name).name[0].isdigit()]
+    assert [name for name in main_path if f'href="../{name}.html"' not in roadmap] == []
+
+
+def public_names(module: Path) -> list[str]:
+    """The public names a module of the package defines at its top level (functions, classes, constants)."""
+    names = []
+    for node in ast.parse(module.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names += [target.id for target in targets if isinstance(target, ast.Name)]
+    return [name for name in names if not name.startswith("_")]
+
+
+def exported_module(notebook: str) -> str | None:
+    """The module a chapter exports (its ``#| default_exp``), or None."""
+    found = re.search(r"#\s*\|\s*default_exp\s+(\w+)", (ROOT / f"{notebook}.ipynb").read_text(encoding="utf-8"))
+    return None if found is None else found.group(1)
+
+
+def test_api_reference_documents_every_public_name(site: Path) -> None:
+    anchors = set(re.findall(r'id="(going_modular\.[\w.]+)"', page(site, "book/api")))
+    modules = sorted(path for path in (ROOT / "going_modular").glob("*.py") if path.stem != "__init__")
+    expected = [f"going_modular.{path.stem}.{name}" for path in modules for name in public_names(path)]
+    assert len(expected) > 100
+    missing = [name for name in expected if name not in anchors]
+    assert not missing, f"book/api.md does not document {missing}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_CHAPTERS)
+def test_chapters_and_their_reference_entries_link_to_each_other(site: Path, name: str) -> None:
+    module = exported_module(name)
+    if module is None:
+        pytest.skip(f"{name} exports nothing")
+    target = "going_modular" if module == "__init__" else f"going_modular.{module}"
+    assert f'href="../book/api.html#module-{target}"' in page(site, name)
+    reference = page(site, "book/api")
+    section = reference[reference.index(f'id="module-{target}"') - 3000 : reference.index(f'id="module-{target}"')]
+    assert f'href="../{name}.html"' in section
+
+
+# ---- The book in a real browser: Debian's chromium, driven by Selenium through Debian's chromedriver.
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+SCREENSHOTS = ROOT / "_build" / "screenshots"  # for a person to look at
+RAW_MATH = re.compile(r"\\\(|\\\[|\$\$|\\begin\{")
+# The page's text without code, scripts and typeset maths: what must not show raw LaTeX.
+PROSE_TEXT = """
+const copy = document.body.cloneNode(true);
+copy.querySelectorAll("pre, code, script, style, mjx-container, .highlight").forEach((e) => e.remove());
+return copy.textContent;
+"""
+MATHJAX_DONE = """
+const done = arguments[arguments.length - 1];
+if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+  MathJax.startup.promise.then(() => done("typeset"), (error) => done("failed: " + error));
+} else {
+  done(document.querySelector("script[src*='mathjax']") ? "not started" : "no maths");
+}
+"""
+BROKEN_IMAGES = """
+const done = arguments[arguments.length - 1];
+const images = [...document.images];
+images.forEach((image) => { image.loading = "eager"; });
+Promise.all(images.map((image) => image.complete ? null : new Promise((r) => { image.onload = image.onerror = r; })))
+  .then(() => done(images.filter((image) => image.naturalWidth === 0).map((image) => image.getAttribute("src"))));
+"""
+SEARCH_HITS = "return document.querySelectorAll('#search-results ul.search li').length"
+
+
+class QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium; skipped when it is missing, except under CI=true, where that fails."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        reason = (
+            "Chromium and ChromeDriver are needed for the browser tests: `make test` installs Debian's "
+            "chromium and chromium-driver when it runs as root on Debian"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    driver.set_script_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def served(site: Path):
+    """The built site over HTTP on 127.0.0.1, as a reader's browser gets it."""
+    with http_server(functools.partial(QuietFiles, directory=str(site))) as url:
+        yield url
+
+
+def check_page(driver, url: str, *, colab: str | None = None, screenshot: Path | None = None) -> list[str]:
+    """What is wrong with the page at ``url`` as a browser shows it; [] when nothing is."""
+    from selenium.webdriver.common.by import By
+
+    driver.get_log("browser")  # start from an empty console
+    driver.get(url)
+    problems = []
+    if not driver.title.strip():
+        problems.append("the page has no title")
+    mathjax = driver.execute_async_script(MATHJAX_DONE)
+    if mathjax not in ("typeset", "no maths"):
+        problems.append(f"MathJax {mathjax}")
+    raw = sorted(set(RAW_MATH.findall(driver.execute_script(PROSE_TEXT))))
+    if raw:
+        problems.append(f"raw LaTeX in the text: {raw}")
+    broken = driver.execute_async_script(BROKEN_IMAGES)
+    if broken:
+        problems.append(f"images that did not load: {broken}")
+    errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    if errors:
+        problems.append(f"console errors: {errors}")
+    if colab is not None:
+        badges = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, ".colab-badge a")]
+        if badges != [colab]:
+            problems.append(f"Colab badge links {badges}, expected [{colab}]")
+    if screenshot is not None:
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(screenshot))
+    return problems
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_page_in_a_browser(browser, served: str, name: str) -> None:
+    colab = expected_colab_url(f"{name}.ipynb") if name in NOTEBOOK_CHAPTERS else None
+    shot = SCREENSHOTS / f"{name.replace('/', '__')}.png"
+    assert check_page(browser, f"{served}/{name}.html", colab=colab, screenshot=shot) == []
+
+
+def test_search_finds_position_embedding_offline(browser, served: str) -> None:
+    browser.get(f"{served}/search.html?q=position+embedding")
+    deadline = time.monotonic() + 30
+    while not (hits := browser.execute_script(SEARCH_HITS)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert hits > 0
+
+
+BREAKAGES = {
+    # In the chapter's text, which MathJax leaves alone unless the build marked it as maths.
+    "raw formula": ('heading">#</a></h1>', r'heading">#</a></h1><p>\(x^2\) and $$y$$</p>', "raw LaTeX"),
+    "broken image": ("</main>", '<img src="no-such-figure.png" alt="missing"></main>', "images that did not load"),
+    "console error": ("</main>", "<script>console.error('broken on purpose')</script></main>", "console errors"),
+    "wrong Colab link": (
+        'class="colab-badge"><a href="https://colab.research.google.com/github/',
+        'class="colab-badge"><a href="https://colab.research.google.com/github/someone-else/',
+        "Colab badge links",
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+def test_the_browser_check_catches_a_broken_page(browser, served: str, site: Path, breakage: str) -> None:
+    name = NOTEBOOK_CHAPTERS[4]
+    original = site / f"{name}.html"
+    old, new, expected = BREAKAGES[breakage]
+    text = original.read_text(encoding="utf-8")
+    assert old in text
+    copy = original.with_name(f"broken-{breakage.replace(' ', '-')}.html")  # beside it: relative links still work
+    copy.write_text(text.replace(old, new, 1), encoding="utf-8")
+    url = f"{served}/{copy.relative_to(site).as_posix()}"
+    colab = expected_colab_url(f"{name}.ipynb")
+    assert check_page(browser, f"{served}/{name}.html", colab=colab) == []  # the page itself is fine
+    problems = check_page(browser, url, colab=colab)
+    assert any(expected in problem for problem in problems), problems
