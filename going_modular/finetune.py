@@ -62,6 +62,16 @@ def pretrained_config(path: str | os.PathLike) -> dict:
     return jax_npz_config(path) if path.suffix == ".npz" else read_checkpoint(path)[0]["model"]
 
 
+def adapt(model: ViT, *, img_size: int | Sequence[int] | None = None, num_classes: int | None = None) -> ViT:
+    """The §3.2 moves a new task needs: E_pos resized when ``img_size`` differs from the model's, a zero
+    head when ``num_classes`` differs. In place; returns ``model``."""
+    if img_size is not None and to_pair(img_size, "img_size") != to_pair(model.config["img_size"], "img_size"):
+        set_image_size(model, img_size)
+    if num_classes is not None and num_classes != model.config["num_classes"]:
+        replace_head(model, num_classes)
+    return model
+
+
 def from_pretrained(
     path: str | os.PathLike, *, img_size: int | Sequence[int] | None = None, num_classes: int | None = None
 ) -> ViT:
@@ -75,8 +85,4 @@ def from_pretrained(
         load_jax_npz(model, path)
     else:
         load_weights(model, path)
-    if img_size is not None and to_pair(img_size, "img_size") != to_pair(model.config["img_size"], "img_size"):
-        set_image_size(model, img_size)
-    if num_classes is not None and num_classes != model.config["num_classes"]:
-        replace_head(model, num_classes)
-    return model
+    return adapt(model, img_size=img_size, num_classes=num_classes)

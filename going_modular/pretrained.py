@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 
 from going_modular.checkpoint import read_safetensors
 from going_modular.files import DownloadError, download_file
-from going_modular.finetune import replace_head, set_image_size
+from going_modular.finetune import adapt
 from going_modular.jax_checkpoint import jax_npz_config, load_jax_npz
 from going_modular.porting import load_timm_state_dict, load_torchvision_state_dict
 from going_modular.variants import VIT_VARIANTS
@@ -182,9 +182,5 @@ def load_pretrained(
     else:
         config, state_dict, preprocessing = _timm(size, patch, weights.removeprefix("timm:"), timeout)
         model = load_timm_state_dict(ViT(**VIT_VARIANTS[size], patch_size=patch, **config, **rates), state_dict)
-    if kwargs.get("img_size", config["img_size"]) != config["img_size"]:
-        set_image_size(model, kwargs["img_size"])
-        preprocessing = preprocessing.at(kwargs["img_size"])
-    if kwargs.get("num_classes", config["num_classes"]) != config["num_classes"]:
-        replace_head(model, kwargs["num_classes"])
-    return model.eval(), preprocessing
+    adapt(model, img_size=kwargs.get("img_size"), num_classes=kwargs.get("num_classes"))
+    return model.eval(), preprocessing.at(model.config["img_size"])

@@ -119,3 +119,16 @@ def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def write_jax_npz(path, model) -> str:
+    """An original-JAX-layout checkpoint of ``model``'s configuration at ``path``, entries N(0, 0.02²), seed 0."""
+    import numpy as np
+
+    from going_modular.jax_checkpoint import jax_npz_layout
+
+    rng = np.random.default_rng(0)
+    np.savez(
+        path, **{key: rng.normal(0, 0.02, shape).astype(np.float32) for key, shape in jax_npz_layout(model).items()}
+    )
+    return str(path)

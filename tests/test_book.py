@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from conftest import http_server
+from conftest import QuietHandler, http_server
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
@@ -261,9 +261,8 @@ Promise.all(images.map((image) => image.complete ? null : new Promise((r) => { i
 SEARCH_HITS = "return document.querySelectorAll('#search-results ul.search li').length"
 
 
-class QuietFiles(SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
+class QuietFiles(QuietHandler, SimpleHTTPRequestHandler):
+    """Serves a folder's files, without access logs."""
 
 
 @pytest.fixture(scope="module")

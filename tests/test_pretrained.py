@@ -12,9 +12,8 @@ import torch
 import torchvision
 from safetensors.torch import save as save_safetensors
 
-from conftest import QuietHandler, http_server, randomise_all
+from conftest import QuietHandler, http_server, randomise_all, write_jax_npz
 from going_modular.files import DownloadError
-from going_modular.jax_checkpoint import jax_npz_layout
 from going_modular.pretrained import ImagePreprocessing
 from going_modular.variants import create_vit
 
@@ -131,15 +130,8 @@ def test_bad_requests_are_refused_before_any_download(name, weights, kwargs, mes
     assert HITS == []
 
 
-def jax_file(tmp_path, model) -> str:
-    rng = np.random.default_rng(0)
-    arrays = {key: rng.normal(0, 0.02, shape).astype(np.float32) for key, shape in jax_npz_layout(model).items()}
-    np.savez(tmp_path / "ViT.npz", **arrays)
-    return str(tmp_path / "ViT.npz")
-
-
 def test_jax_npz_by_path_uses_the_tanh_gelu_and_says_so(tmp_path, caplog):
-    path = jax_file(tmp_path, create_vit("Ti/16", num_classes=5))
+    path = write_jax_npz(tmp_path / "ViT.npz", create_vit("Ti/16", num_classes=5))
     with caplog.at_level(logging.WARNING, logger="going_modular.pretrained"):
         model, preprocessing = create_vit("Ti/16", weights=path)
     assert "tanh GELU" in caplog.text
@@ -150,7 +142,7 @@ def test_jax_npz_by_path_uses_the_tanh_gelu_and_says_so(tmp_path, caplog):
 
 
 def test_jax_npz_by_url_is_downloaded_once(server, tmp_path):
-    path = jax_file(tmp_path, create_vit("Ti/16", num_classes=5, depth=12))
+    path = write_jax_npz(tmp_path / "ViT.npz", create_vit("Ti/16", num_classes=5, depth=12))
     FILES["/vit_models/ViT-Ti_16.npz"] = open(path, "rb").read()
     for _ in range(2):
         model, _ = create_vit("Ti/16", weights=f"{server}/vit_models/ViT-Ti_16.npz")

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_jax_npz
 from going_modular.checkpoint import load_model, save_model
 from going_modular.data import create_dataloaders, load_digits_data
 from going_modular.plots import predict
@@ -269,16 +270,7 @@ def test_pretrained_digits_at_8_pixels_fine_tune_at_16(tmp_path, capsys):
 
 
 def test_pretrained_jax_npz_with_other_classes_gets_a_new_head(tmp_path, capsys):
-    from going_modular.jax_checkpoint import jax_npz_layout
-    from going_modular.vit import ViT
-
-    layout = jax_npz_layout(
-        ViT(img_size=8, patch_size=2, in_channels=1, num_classes=7, embed_dim=32, depth=1, num_heads=2)
-    )
-    rng = np.random.default_rng(0)
-    np.savez(
-        tmp_path / "tiny.npz", **{key: rng.normal(0, 0.02, shape).astype(np.float32) for key, shape in layout.items()}
-    )
+    write_jax_npz(tmp_path / "tiny.npz", build_model("micro", image_size=8, patch_size=2, in_channels=1, num_classes=7))
     argv = [
         "--pretrained",
         str(tmp_path / "tiny.npz"),
@@ -291,15 +283,11 @@ def test_pretrained_jax_npz_with_other_classes_gets_a_new_head(tmp_path, capsys)
     assert main(argv) == 0, capsys.readouterr().err
     model, _ = load_model(tmp_path / "run" / "checkpoint")
     assert model.config["num_classes"] == 10 and model.config["gelu_approximate"] == "tanh"
-    assert model.config["embed_dim"] == 32 and model.config["img_size"] == 8
+    assert model.config["embed_dim"] == 64 and model.config["img_size"] == 8
 
 
 def test_pretrained_with_other_channels_exits_1(tmp_path, capsys):
-    from going_modular.jax_checkpoint import jax_npz_layout
-    from going_modular.vit import ViT
-
-    layout = jax_npz_layout(ViT(img_size=8, patch_size=2, num_classes=10, embed_dim=32, depth=1, num_heads=2))
-    np.savez(tmp_path / "rgb.npz", **{key: np.zeros(shape, np.float32) for key, shape in layout.items()})
+    write_jax_npz(tmp_path / "rgb.npz", build_model("micro", image_size=8, patch_size=2, in_channels=3, num_classes=10))
     argv = [
         "--pretrained",
         str(tmp_path / "rgb.npz"),
