@@ -19,7 +19,7 @@ file (never skipped silently); ``load_image_folder`` checks every file before tr
 
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from going_modular.distributed import world
 from going_modular.files import download_and_extract
 from going_modular.patches import to_pair
 
@@ -362,6 +363,20 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def stream_seed(*key: int) -> int:
+    """A 32-bit seed for the random stream named by ``key``: distinct keys give unrelated streams."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
+
+
+class EpochSampler(DistributedSampler):
+    """A DistributedSampler whose epoch also advances after each pass; ``set_epoch`` still sets it."""
+
+    def __iter__(self) -> Iterator[int]:
+        indices = super().__iter__()
+        self.epoch += 1
+        return indices
+
+
 def create_dataloaders(
     splits: DataSplits,
     *,
@@ -369,20 +384,38 @@ def create_dataloaders(
     seed: int = 0,
     num_workers: int | None = None,
     device: str | torch.device = "cpu",
+    processes: int | None = None,
+    rank: int | None = None,
 ) -> tuple[DataLoader, DataLoader]:
-    """Seeded train (shuffled) and test DataLoaders yielding (images (B, c, h, w), labels (B,))."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    """Train and test DataLoaders yielding (images (b, c, h, w), labels (b,)) with b = batch_size / processes.
+
+    ``batch_size`` is the global batch B, split over the ``processes`` (default: torchrun's, else 1); this
+    is process ``rank``. Every epoch shuffles the training set by (seed, epoch) only and drops the last
+    incomplete batch, so a step sees the same B images on any number of processes.
+    """
+    if (processes is None) != (rank is None):
+        raise ValueError(f"give both processes and rank or neither, got processes={processes!r}, rank={rank!r}")
+    if processes is None:
+        rank, processes = world()
+    if not isinstance(processes, int) or processes < 1 or not isinstance(rank, int) or not 0 <= rank < processes:
+        raise ValueError(f"expected 0 <= rank < processes, got rank={rank!r}, processes={processes!r}")
+    if not isinstance(batch_size, int) or batch_size < 1 or batch_size % processes:
+        raise ValueError(f"batch_size must be a positive multiple of the {processes} processes, got {batch_size!r}")
+    if batch_size > len(splits.train):
+        raise ValueError(f"batch_size {batch_size} exceeds the {len(splits.train)} training images: no full batch")
     if num_workers is None:
         num_workers = min(4, os.cpu_count() or 1) if isinstance(splits.train, datasets.VisionDataset) else 0
     common = dict(
-        batch_size=batch_size,
+        batch_size=batch_size // processes,
         num_workers=num_workers,
         worker_init_fn=_seed_worker,
         pin_memory=torch.device(device).type == "cuda",
-        persistent_workers=num_workers > 0,
     )
-    generator = torch.Generator().manual_seed(seed)
-    train = DataLoader(splits.train, shuffle=True, generator=generator, **common)
-    test = DataLoader(splits.test, shuffle=False, **common)
+    sampler = EpochSampler(
+        splits.train, num_replicas=processes, rank=rank, shuffle=True, seed=stream_seed(seed), drop_last=True
+    )
+    generator = torch.Generator().manual_seed(stream_seed(seed, rank))  # seeds the workers, anew every epoch
+    train = DataLoader(splits.train, sampler=sampler, drop_last=True, generator=generator, **common)
+    evaluated = range(rank, len(splits.test), processes)
+    test = DataLoader(splits.test, sampler=evaluated, persistent_workers=num_workers > 0, **common)
     return train, test

@@ -4,6 +4,7 @@
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -11,6 +12,9 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+
+from going_modular.distributed import is_main_process, replicate, sum_over_processes
+from going_modular.resume import load_state_dicts, state_dicts
 
 
 # notebooks/08_training.ipynb, cell 9
@@ -147,6 +151,7 @@ def train_one_epoch(
         correct += (logits.argmax(dim=1) == labels).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+    total_loss, correct, seen = sum_over_processes(total_loss, correct, seen)  # over torchrun's processes
     if seen == 0:
         raise ValueError("the training DataLoader yielded no batches")
     return {"loss": total_loss / seen, "accuracy": correct / seen}
@@ -167,6 +172,7 @@ def evaluate(
             total_loss += loss.item() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum().item()
             seen += len(labels)
+    total_loss, correct, seen = sum_over_processes(total_loss, correct, seen)
     if seen == 0:
         raise ValueError("the evaluation DataLoader yielded no batches")
     return {"loss": total_loss / seen, "accuracy": correct / seen}
@@ -191,11 +197,15 @@ def train(
     amp: str = "none",
     compile_model: bool = False,
     progress: bool = True,
+    resume: dict | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` for ``epochs``, evaluate it after each; return the metrics per epoch.
 
     ``optimizer`` is "adamw" (pre-training) or "sgd" with ``momentum`` (fine-tuning). ``warmup_steps=None``
-    warms up for ``default_warmup_steps`` of the run's steps.
+    warms up for ``default_warmup_steps`` of the run's steps. After each epoch ``on_epoch_end`` gets the whole
+    state (``resume.state_dicts``); such a state as ``resume`` continues after its epoch (Appendix A10).
+    Under torchrun the model trains as DistributedDataParallel on every process (Appendix A11).
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -203,6 +213,8 @@ def train(
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be positive or None, got {clip_norm!r}")
+    if resume is not None and not 0 <= resume["epoch"] <= epochs:
+        raise ValueError(f"resume holds epoch {resume['epoch']} of a run of {epochs} epochs")
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
     device = torch.device(device)
@@ -215,10 +227,15 @@ def train(
     scheduler = build_scheduler(opt, total_steps=total_steps, warmup_steps=warmup_steps, decay=decay)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    runner = torch.compile(model) if compile_model else model
+    parts = dict(model=model, optimizer=opt, scheduler=scheduler, scaler=scaler)  # what a training state holds
     keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds")
-    history: dict[str, list[float]] = {key: [] for key in keys}
-    for epoch in range(1, epochs + 1):
+    history = {key: [] for key in keys} if resume is None else load_state_dicts(resume, **parts)
+    trainer = replicate(model)  # DistributedDataParallel under torchrun, else the model itself
+    runner = torch.compile(trainer) if compile_model else trainer
+    progress = progress and is_main_process()
+    for epoch in range(len(history["lr"]) + 1, epochs + 1):
+        if hasattr(train_loader.sampler, "set_epoch"):  # a new order every epoch, the same on every process
+            train_loader.sampler.set_epoch(epoch)
         start = time.perf_counter()
         trained = train_one_epoch(
             runner,
@@ -233,7 +250,7 @@ def train(
             epoch=epoch,
             progress=progress,
         )
-        tested = evaluate(runner, test_loader, loss_fn, device=device, amp=amp)
+        tested = evaluate(runner if trainer is model else model, test_loader, loss_fn, device=device, amp=amp)
         for split, metrics in (("train", trained), ("test", tested)):
             history[f"{split}_loss"].append(metrics["loss"])
             history[f"{split}_accuracy"].append(metrics["accuracy"])
@@ -244,4 +261,6 @@ def train(
                 f"epoch {epoch}/{epochs} | train loss {trained['loss']:.4f} acc {trained['accuracy']:.4f}"
                 f" | test loss {tested['loss']:.4f} acc {tested['accuracy']:.4f}"
             )
+        if on_epoch_end is not None:
+            on_epoch_end(state_dicts(epoch=epoch, history=history, **parts))
     return history

@@ -4,13 +4,15 @@
 
 With no flags it trains the digits ViT of the training chapter on the CPU in about 20 seconds and
 writes ``checkpoint/``, ``metrics.json`` and ``loss_curve.png`` into ``--output``. With ``--pretrained`` it
-fine-tunes a checkpoint or an original JAX ``.npz`` instead (§3.2).
+fine-tunes a checkpoint or an original JAX ``.npz`` instead (§3.2). After every epoch it saves the whole
+training state, which ``--resume`` continues from; under ``torchrun`` it trains on several processes.
 """
 
 import argparse
 import json
+import os
+import shlex
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,11 +31,23 @@ from going_modular.data import (
     load_image_folder,
     load_textures_data,
     set_seed,
+    stream_seed,
 )
+from going_modular.distributed import is_main_process, start_processes, stop_processes, wait_for_all, world
 from going_modular.engine import AMP_DTYPES, NonFiniteLossError, default_warmup_steps, init_truncated_normal, train
 from going_modular.files import DownloadError, atomic_write, download_and_extract
 from going_modular.finetune import from_pretrained, pretrained_config
 from going_modular.plots import plot_curves
+from going_modular.resume import (
+    TRAINING_STATE_FILE,
+    StopRequest,
+    TrainingStateError,
+    TrainingStopped,
+    read_training_state,
+    save_training_state,
+    set_rng_state,
+    settings_differences,
+)
 from going_modular.variants import create_vit
 from going_modular.vit import ViT
 
@@ -121,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="input size in pixels (default: the --pretrained model's, else 8 for digits, 32 for textures "
         "and cifar10, 224 for folders)",
     )
-    data.add_argument("--batch-size", type=_number(int, 1), default=64, help="images per step")
+    data.add_argument(
+        "--batch-size", type=_number(int, 1), default=64, help="images per step, over all processes under torchrun"
+    )
     data.add_argument(
         "--num-workers",
         type=_number(int, 0),
@@ -204,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=Path("runs/vit"), help="folder for the checkpoint, metrics and plot"
     )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars and per-epoch lines")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output from the training state saved after every epoch (same flags)",
+    )
     return parser
 
 
@@ -255,9 +276,14 @@ def prepare(args: argparse.Namespace, device: torch.device) -> tuple[DataSplits,
 
 
 def fit(
-    model: ViT, train_loader: DataLoader, test_loader: DataLoader, args: argparse.Namespace, device: torch.device
+    model: ViT,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    args: argparse.Namespace,
+    device: torch.device,
+    **resumable: object,
 ) -> dict[str, list[float]]:
-    """``engine.train`` with the recipe of the flags; the history per epoch."""
+    """``engine.train`` with the recipe of the flags (and its ``resume``, ``on_epoch_end``); the history per epoch."""
     return train(
         model,
         train_loader,
@@ -275,6 +301,7 @@ def fit(
         amp=args.amp,
         compile_model=args.compile,
         progress=not args.no_progress,
+        **resumable,
     )
 
 
@@ -288,9 +315,141 @@ def checkpoint_metadata(data: DataSplits, history: dict[str, list[float]]) -> di
 
 
 # notebooks/A4_command_line.ipynb, cell 11
+# Settings that change how a run is executed, not what it computes: --resume lets them differ.
+EXECUTION_SETTINGS = (
+    "resume",
+    "output",
+    "device",
+    "threads",
+    "num_workers",
+    "no_progress",
+    "compile",
+    "timeout",
+    "data_dir",
+)
+
+
+def _say(*parts: object) -> None:
+    """``print``, on the main process only (under torchrun, rank 0)."""
+    if is_main_process():
+        print(*parts)
+
+
+def run_settings(args: argparse.Namespace, image_size: int, patch_size: int) -> dict:
+    """The flags as JSON values, with the resolved image and patch size and the number of processes."""
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    return settings | {"image_size": image_size, "patch_size": patch_size, "processes": world()[1]}
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command that continues this run: the same flags with --resume (through torchrun under torchrun)."""
+    processes, local = world()[1], os.environ.get("LOCAL_WORLD_SIZE")
+    if processes == 1:
+        launcher = "vit-train"
+    elif local == str(processes):
+        launcher = f"torchrun --standalone --nproc_per_node={local} -m going_modular.train"
+    else:
+        launcher = "torchrun <the same torchrun options> -m going_modular.train"
+    return f"{launcher} {shlex.join([*argv, *([] if '--resume' in argv else ['--resume'])])}"
+
+
+def write_outputs(
+    model: ViT, data: DataSplits, history: dict, settings: dict, device: torch.device, output: Path
+) -> None:
+    """The checkpoint, metrics.json and loss_curve.png of a finished run, each written atomically."""
+    save_model(model, output / "checkpoint", checkpoint_metadata(data, history) | {"training": settings})
+    metrics = {
+        "settings": settings,
+        "device": str(device),
+        "seconds": sum(history["seconds"]),
+        "history": history,
+        "test_accuracy": history["test_accuracy"][-1],
+        "test_loss": history["test_loss"][-1],
+    }
+    with atomic_write(output / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    figure = plot_curves(history)
+    with atomic_write(output / "loss_curve.png") as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    print(
+        f"test accuracy {metrics['test_accuracy']:.4f} after {metrics['seconds']:.1f} s of training; wrote {output}/"
+        "{checkpoint/, metrics.json, loss_curve.png}"
+    )
+
+
+def run(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str], device: torch.device, settings: dict
+) -> int:
+    """Train, or resume, the run of the checked flags on this process; write its outputs; the exit status."""
+    state_file, resume = args.output / TRAINING_STATE_FILE, None
+    if args.resume:
+        try:
+            resume = read_training_state(state_file)
+        except (FileNotFoundError, TrainingStateError) as err:
+            parser.error(f"--resume: {err}")
+        differences = settings_differences(resume["settings"], settings, ignore=EXECUTION_SETTINGS)
+        if differences:
+            parser.error(f"--resume: {state_file} was saved with other settings:\n  " + "\n  ".join(differences))
+    last_saved = 0 if resume is None else resume["epoch"]
+    try:
+        data, train_loader, test_loader, model = prepare(args, device)
+        total_steps = args.epochs * len(train_loader)
+        if args.warmup_steps is not None and args.warmup_steps >= total_steps:
+            parser.error(f"--warmup-steps {args.warmup_steps} must be below the {total_steps} training steps")
+        rank = world()[0]
+        if rank > 0:  # dropout draws other numbers on every process; rank 0 draws those of a single process
+            set_seed(stream_seed(args.seed, rank))
+        if resume is not None:
+            set_rng_state(resume["rng"][rank], train_loader.generator)
+        _say(
+            f"data: {args.dataset} | {len(data.train)} train / {len(data.test)} test images | "
+            f"{len(data.class_names)} classes | {settings['image_size']}x{settings['image_size']} px"
+        )
+        name = (
+            f"pretrained {args.pretrained}"
+            if args.pretrained
+            else f"ViT-{args.model or 'micro'}/{settings['patch_size']}"
+        )
+        _say(f"model: {name} | {sum(p.numel() for p in model.parameters()):,} parameters")
+        _say(
+            f"training: {args.epochs} epochs x {len(train_loader)} steps | {args.optimizer} lr {args.lr} | "
+            f"device {device} | amp {args.amp} | {world()[1]} process(es)"
+            + (f" | resuming after epoch {last_saved}" if resume is not None else "")
+        )
+
+        def save(state: dict) -> None:
+            nonlocal last_saved
+            save_training_state(state_file, state, settings=settings, generator=train_loader.generator)
+            last_saved = state["epoch"]
+
+        with StopRequest() as stop:
+            history = fit(
+                model, stop.between_steps(train_loader), test_loader, args, device, resume=resume, on_epoch_end=save
+            )
+    except TrainingStopped as stopped:
+        if is_main_process():
+            where = f"stopped in epoch {last_saved + 1}, {stopped}"
+            if last_saved:
+                print(f"{where}; the state after epoch {last_saved} is in {state_file}. To continue:", file=sys.stderr)
+                print(f"  {resume_command(argv)}", file=sys.stderr)
+            else:
+                print(f"{where}; no epoch had finished, so nothing was saved.", file=sys.stderr)
+        return 130
+    except (DownloadError, UnreadableImageError, NonFiniteLossError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    warmup = args.warmup_steps if args.warmup_steps is not None else default_warmup_steps(total_steps)
+    if is_main_process():
+        write_outputs(model, data, history, settings | {"warmup_steps": warmup}, device, args.output)
+    wait_for_all()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line (on every process under torchrun); return the exit status."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     pretrained = None
     if args.pretrained is not None:
@@ -314,49 +473,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        data, train_loader, test_loader, model = prepare(args, device)
-        total_steps = args.epochs * len(train_loader)
-        if args.warmup_steps is not None and args.warmup_steps >= total_steps:
-            parser.error(f"--warmup-steps {args.warmup_steps} must be below the {total_steps} training steps")
-        print(
-            f"data: {args.dataset} | {len(data.train)} train / {len(data.test)} test images | "
-            f"{len(data.class_names)} classes | {image_size}x{image_size} px"
-        )
-        name = f"pretrained {args.pretrained}" if args.pretrained else f"ViT-{args.model or 'micro'}/{patch_size}"
-        print(f"model: {name} | {sum(p.numel() for p in model.parameters()):,} parameters")
-        print(
-            f"training: {args.epochs} epochs x {len(train_loader)} steps | {args.optimizer} lr {args.lr} | "
-            f"device {device} | amp {args.amp}"
-        )
-        start = time.perf_counter()
-        history = fit(model, train_loader, test_loader, args, device)
-        seconds = time.perf_counter() - start
-    except (DownloadError, UnreadableImageError, NonFiniteLossError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    warmup = args.warmup_steps if args.warmup_steps is not None else default_warmup_steps(total_steps)
-    settings.update(image_size=image_size, patch_size=patch_size, warmup_steps=warmup)
-    save_model(model, args.output / "checkpoint", checkpoint_metadata(data, history) | {"training": settings})
-    metrics = {
-        "settings": settings,
-        "device": str(device),
-        "seconds": seconds,
-        "history": history,
-        "test_accuracy": history["test_accuracy"][-1],
-        "test_loss": history["test_loss"][-1],
-    }
-    with atomic_write(args.output / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    figure = plot_curves(history)
-    with atomic_write(args.output / "loss_curve.png") as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
-    print(
-        f"test accuracy {metrics['test_accuracy']:.4f} after {seconds:.1f} s; wrote {args.output}/"
-        "{checkpoint/, metrics.json, loss_curve.png}"
-    )
-    return 0
+        device = start_processes(device)
+    except ValueError as err:
+        parser.error(f"torchrun: {err}")
+    try:
+        if args.batch_size % world()[1]:
+            parser.error(
+                f"--batch-size {args.batch_size} (the global batch) must be a multiple of the {world()[1]} processes"
+            )
+        return run(parser, args, argv, device, run_settings(args, image_size, patch_size))
+    finally:
+        stop_processes()
 
 
 if __name__ == "__main__" and "ipykernel" not in sys.modules:  # not when this cell runs in a notebook
