@@ -27,7 +27,7 @@ MATHJAX := $(MATHJAX_DIR)/es5/tex-mml-chtml.js
 # What `make check` lints and format-checks (ruff, settings in pyproject.toml).
 LINT_PATHS := going_modular tools tests benchmarks book/_ext notebooks
 
-.PHONY: help install mathjax book check test browser export execute lock clean
+.PHONY: help install mathjax book check test browser export execute bench lock clean
 
 help:
 	@echo "make book      build the HTML book into _build/html (no execution)"
@@ -35,6 +35,7 @@ help:
 	@echo "make test      run the unit tests, nbval over every chapter and the book build"
 	@echo "make export    regenerate going_modular/ from the chapters"
 	@echo "make execute   re-execute chapters in place (NB=notebooks/02_x.ipynb for one)"
+	@echo "make bench     measure the speed tables of book/speed.md (minutes; close other programs first)"
 	@echo "make lock      re-pin constraints.txt from the current $(VENV)"
 	@echo "make clean     remove build outputs and downloads (keeps $(VENV))"
 
@@ -94,6 +95,11 @@ export: $(STAMP)
 
 execute: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python tools/run_notebooks.py $(NB)
+
+# The stored tables of book/speed.md: ours against torchvision and timm, and the NumPy forward pass.
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/speed.py --markdown book/_generated/speed_cpu.md --figure book/_generated/speed_cpu.png
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/numpy_forward.py --threads 1 --markdown book/_generated/numpy_cpu.md
 
 lock: $(STAMP)
 	{ echo "# The tested environment, pinned exactly: pip install -c constraints.txt -e \".[dev]\""; \

@@ -10,6 +10,7 @@ Usage::
 
     HF_HUB_OFFLINE=1 python benchmarks/numpy_forward.py                 # ViT-Ti/16 at 224x224
     HF_HUB_OFFLINE=1 python benchmarks/numpy_forward.py --threads 1 --variant S/16
+    HF_HUB_OFFLINE=1 python benchmarks/numpy_forward.py --threads 1 --markdown book/_generated/numpy_cpu.md
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="threads for NumPy's BLAS and PyTorch (default: each library's own default)",
     )
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the result as a Markdown table here")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
@@ -94,6 +96,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"numpy forward:   {numpy_s * 1e3:8.1f} ms")
     print(f"pytorch forward: {torch_s * 1e3:8.1f} ms")
     print(f"numpy / pytorch: {numpy_s / torch_s:8.2f}x")
+    if args.markdown is not None:
+        from going_modular.files import atomic_write
+
+        with atomic_write(args.markdown) as tmp:
+            tmp.write_text(
+                "| ViT | threads | NumPy (ms) | PyTorch (ms) | NumPy / PyTorch | max logit difference |\n"
+                "| --- | ---: | ---: | ---: | ---: | ---: |\n"
+                f"| {args.variant} at {args.img_size} px, batch 1 | {threads} | {numpy_s * 1e3:.1f} | "
+                f"{torch_s * 1e3:.1f} | {numpy_s / torch_s:.2f} | {difference:.1e} |\n\n"
+                f"*Median of {args.repeats} runs; numpy {np.__version__}, torch {torch.__version__}.*\n",
+                encoding="utf-8",
+            )
     return 0
 
 

@@ -203,9 +203,8 @@ def train(
     """Train ``model`` for ``epochs``, evaluate it after each; return the metrics per epoch.
 
     ``optimizer`` is "adamw" (pre-training) or "sgd" with ``momentum`` (fine-tuning). ``warmup_steps=None``
-    warms up for ``default_warmup_steps`` of the run's steps. After each epoch ``on_epoch_end`` gets the whole
-    state (``resume.state_dicts``); such a state as ``resume`` continues after its epoch (Appendix A10).
-    Under torchrun the model trains as DistributedDataParallel on every process (Appendix A11).
+    warms up for ``default_warmup_steps`` of the run's steps. ``on_epoch_end`` gets the state after each epoch,
+    from which ``resume`` continues (Appendix A10); under torchrun the model trains as DDP (Appendix A11).
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")

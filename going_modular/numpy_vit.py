@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from going_modular.checkpoint import read_checkpoint
+from going_modular.special import erfc
 
 
 # notebooks/09_numpy_vit.ipynb, cell 7
@@ -117,47 +118,32 @@ def mha(x: np.ndarray, c_attn: dict, c_proj: dict, n_head: int) -> np.ndarray:
 
 
 # notebooks/09_numpy_vit.ipynb, cell 31
-# c_9, ..., c_0 of the erfc fit (Numerical Recipes, section 6.2), highest power first for Horner's rule.
-_ERFC_COEFFS = (0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807,
-                -0.18628806, 0.09678418, 0.37409196, 1.00002368, -1.26551223)  # fmt: skip
-
-
-def _erfc(x: np.ndarray) -> np.ndarray:
-    """The complementary error function 1 - erf(x), elementwise, with relative error below 1.2e-7."""
-    z = np.abs(x)
-    t = 1.0 / (1.0 + 0.5 * z)
-    y = np.full_like(t, _ERFC_COEFFS[0])
-    for c in _ERFC_COEFFS[1:]:  # Horner's rule in place: one array instead of twenty temporaries
-        y *= t
-        y += c
-    y = t * np.exp(y - z * z)  # erfc(|x|)
-    return np.where(x >= 0, y, 2.0 - y)
-
-
-# notebooks/09_numpy_vit.ipynb, cell 32
 def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
     """GELU(x) = x * Phi(x) elementwise (any shape); ``approximate="tanh"`` uses the tanh formula."""
-    if approximate == "none":
-        return 0.5 * x * _erfc(-x * math.sqrt(0.5))
+    if approximate == "none":  # in place, as erfc works (Appendix A6): x * erfc(-x / sqrt 2) / 2
+        y = erfc(x * -math.sqrt(0.5))
+        y *= x
+        y *= 0.5
+        return y
     if approximate == "tanh":  # x * x * x: x**3 is slow in float32
         return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
     raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
-# notebooks/09_numpy_vit.ipynb, cell 36
+# notebooks/09_numpy_vit.ipynb, cell 35
 def ffn(x: np.ndarray, c_fc: dict, c_proj: dict, approximate: str = "none") -> np.ndarray:
     """The block's MLP, linear -> GELU -> linear: x (T, D) -> (T, M) -> (T, D)."""
     return linear(gelu(linear(x, **c_fc), approximate), **c_proj)
 
 
-# notebooks/09_numpy_vit.ipynb, cell 39
+# notebooks/09_numpy_vit.ipynb, cell 38
 def transformer_block(x: np.ndarray, mlp: dict, attn: dict, ln_1: dict, ln_2: dict, n_head: int) -> np.ndarray:
     """One pre-norm encoder block (Equations 2 and 3): z_{l-1} (T, D) -> z_l (T, D)."""
     x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head)  # z'_l
     return x + ffn(layer_norm(x, **ln_2), **mlp)  # z_l
 
 
-# notebooks/09_numpy_vit.ipynb, cell 42
+# notebooks/09_numpy_vit.ipynb, cell 41
 def vit(
     inputs: np.ndarray,
     embeddings: dict,
@@ -183,7 +169,7 @@ def vit(
     return y if classifier is None else linear(y, **classifier)  # (K,)
 
 
-# notebooks/09_numpy_vit.ipynb, cell 44
+# notebooks/09_numpy_vit.ipynb, cell 43
 def load_hparams_and_params(path: str | os.PathLike | None = None) -> tuple[dict, dict]:
     """(hparams, params) of a checkpoint (its folder or a file in it; None: $VIT_MODEL_PATH) for ``vit(image, **params,
     n_head=hparams["num_heads"])``: hparams is the model config, params the nested weights, linear ones (in, out)."""
@@ -235,7 +221,7 @@ def load_hparams_and_params(path: str | os.PathLike | None = None) -> tuple[dict
     return hparams, params
 
 
-# notebooks/09_numpy_vit.ipynb, cell 48
+# notebooks/09_numpy_vit.ipynb, cell 47
 def _cubic_matrix(in_size: int, out_size: int) -> np.ndarray:
     """The (out_size, in_size) matrix of a 1-D bicubic resize (a = -0.75, align_corners=False, clamped edges)."""
     a = -0.75
@@ -251,7 +237,7 @@ def _cubic_matrix(in_size: int, out_size: int) -> np.ndarray:
     return matrix
 
 
-# notebooks/09_numpy_vit.ipynb, cell 49
+# notebooks/09_numpy_vit.ipynb, cell 48
 def resize_bicubic(x: np.ndarray, new_height: int, new_width: int) -> np.ndarray:
     """Bicubic resize of x (H, W, C) -> (new_height, new_width, C), in x's dtype.
 
@@ -266,7 +252,7 @@ def resize_bicubic(x: np.ndarray, new_height: int, new_width: int) -> np.ndarray
     return np.einsum("ih,jw,hwc->ijc", rows, cols, x).astype(x.dtype)
 
 
-# notebooks/09_numpy_vit.ipynb, cell 53
+# notebooks/09_numpy_vit.ipynb, cell 52
 def vit_interpolation(position_embeddings: np.ndarray, img_size, patch_size=16, config_image_size=224) -> np.ndarray:
     """E_pos (1 + h w, D) trained for ``config_image_size`` -> (1 + h' w', D) for ``img_size`` (ints or (H, W) pairs).
 

@@ -429,7 +429,7 @@ def run(
             )
     except TrainingStopped as stopped:
         if is_main_process():
-            where = f"stopped in epoch {last_saved + 1}, {stopped}"
+            where = f"stopped in epoch {last_saved + 1} before step {stopped.step + 1} of {stopped.steps}"
             if last_saved:
                 print(f"{where}; the state after epoch {last_saved} is in {state_file}. To continue:", file=sys.stderr)
                 print(f"  {resume_command(argv)}", file=sys.stderr)

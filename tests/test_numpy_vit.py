@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from conftest import corrupt, randomise_all
 from going_modular import ViT, create_vit
 from going_modular import numpy_vit as nv
 from going_modular.checkpoint import CheckpointError, read_safetensors, save_model
+from going_modular.special import erfc
 
 
 def save(model: ViT, directory: Path) -> Path:
@@ -142,6 +144,22 @@ def test_gelu_matches_torch(approximate, dtype, tol):
     out = nv.gelu(x.numpy(), approximate)
     assert out.dtype == x.numpy().dtype
     np.testing.assert_allclose(out, F.gelu(x, approximate=approximate).numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype, bound", [(np.float64, 1.2e-7), (np.float32, 1e-5)])  # float32: exp of -z^2 rounded
+def test_erfc_matches_the_standard_library_on_both_sides_and_leaves_its_input_alone(dtype, bound):
+    x = np.linspace(-9, 9, 18001).astype(dtype)  # float32 erfc underflows past 9.2
+    before = x.copy()
+    out = erfc(x)
+    reference = np.array([math.erfc(v) for v in x.astype(np.float64)])
+    assert out.dtype == dtype and np.array_equal(x, before)
+    np.testing.assert_allclose(out, reference, rtol=bound, atol=0)
+    assert float(erfc(np.float64(0.5))) == pytest.approx(math.erfc(0.5), rel=1.2e-7)  # a 0-d input
+
+
+def test_erfc_refuses_integers():
+    with pytest.raises(TypeError, match="expected an array of floats, got dtype int64"):
+        erfc(np.arange(3))
 
 
 def test_gelu_rejects_unknown_approximation():

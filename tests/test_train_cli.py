@@ -106,7 +106,12 @@ def test_full_run_in_a_subprocess_writes_its_outputs(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "1437 train / 360 test images" in run.stdout and "parameters" in run.stdout
-    assert sorted(p.name for p in output.iterdir()) == ["checkpoint", "loss_curve.png", "metrics.json", "training_state.pt"]
+    assert sorted(p.name for p in output.iterdir()) == [
+        "checkpoint",
+        "loss_curve.png",
+        "metrics.json",
+        "training_state.pt",
+    ]
     assert (output / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
     metrics = json.loads((output / "metrics.json").read_text())
     assert len(metrics["history"]["test_accuracy"]) == 2 and metrics["settings"]["dataset"] == "digits"
