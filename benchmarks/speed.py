@@ -3,11 +3,13 @@
 For each variant (default Ti/16 and B/16 at 224 pixels) it times inference (forward passes under
 ``torch.inference_mode``) and a full training step (forward, cross-entropy, backward, AdamW step),
 with the three implementations interleaved round by round so that a change in the machine's load
-hits all of them. Each row reports the median round's images per second, the ratio of ours to the
-fastest of the other two, and our achieved FLOP/s against the float32 matrix-multiply throughput
-of this machine measured in the same run (a 2048 x 2048 product, the median of the rounds). The
-forward pass counts 2 FLOPs per multiply-accumulate (ViT-B/16: 17.58 GMACs per image); a training
-step counts three forward passes' worth. On CUDA it adds bf16 autocast and torch.compile rows.
+hits all of them, and each round started by another one: the first model to run after another has
+run is slower (the memory the other freed must be mapped again), by a few per cent on ViT-B/16.
+Each row reports the median round's images per second, the ratio of ours to the fastest of the
+other two, and our achieved FLOP/s against the float32 matrix-multiply throughput of this machine
+measured in the same rounds (a 2048 x 2048 product). The forward pass counts 2 FLOPs per
+multiply-accumulate (ViT-B/16: 17.58 GMACs per image); a training step counts three forward
+passes' worth. On CUDA it adds bf16 autocast and torch.compile rows.
 
     HF_HUB_OFFLINE=1 python benchmarks/speed.py                       # the CPU table of book/speed.md
     HF_HUB_OFFLINE=1 python benchmarks/speed.py --markdown book/_generated/speed_cpu.md
@@ -140,9 +142,10 @@ def measure(
     repeats = max(1, round(seconds / timed(steps["going_modular"], 1, device)))  # steps in about `seconds`
     durations = {name: [] for name in steps}
     peaks = []
-    for _ in range(rounds):
-        for name, step in steps.items():
-            durations[name].append(timed(step, repeats, device))
+    names = list(steps)
+    for r in range(rounds):  # each round starts with another implementation: going first is slower (allocator)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            durations[name].append(timed(steps[name], repeats, device))
         peaks.append(matmul_flops(device))
     rate = {name: batch * repeats / statistics.median(values) for name, values in durations.items()}
     flops = rate["going_modular"] * forward_flops * (1 if mode == "inference" else 3)
