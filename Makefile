@@ -99,7 +99,7 @@ execute: $(STAMP)
 # The stored tables of book/speed.md: ours against torchvision and timm, and the NumPy forward pass.
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/speed.py --markdown book/_generated/speed_cpu.md --figure book/_generated/speed_cpu.png
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/numpy_forward.py --threads 1 --markdown book/_generated/numpy_cpu.md
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/numpy_forward.py --threads 1 --processes 6 --markdown book/_generated/numpy_cpu.md
 
 lock: $(STAMP)
 	{ echo "# The tested environment, pinned exactly: pip install -c constraints.txt -e \".[dev]\""; \

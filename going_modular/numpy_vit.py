@@ -21,7 +21,9 @@ from going_modular.special import erfc
 # notebooks/09_numpy_vit.ipynb, cell 7
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """x @ w + b: x (..., in), w (in, out), b (out,) -> (..., out)."""
-    return x @ w + b
+    y = x @ w
+    y += b  # in place: one array per layer, not two (Appendix A6 explains why that matters)
+    return y
 
 
 # notebooks/09_numpy_vit.ipynb, cell 13
@@ -86,7 +88,8 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-6) -
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(x) / sum(exp(x)) along ``axis`` (shape unchanged), shifted by the max so exp cannot overflow."""
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.sum(e, axis=axis, keepdims=True)
+    e /= np.sum(e, axis=axis, keepdims=True)
+    return e
 
 
 # notebooks/09_numpy_vit.ipynb, cell 25
@@ -95,7 +98,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
 
     ``mask`` broadcasts to (..., T, T'): a boolean mask keeps its True positions, a float mask is added.
     """
-    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])  # (..., T, T')
+    scores = q @ np.swapaxes(k, -1, -2)  # (..., T, T')
+    scores /= math.sqrt(q.shape[-1])
     if mask is not None:
         mask = np.asarray(mask)
         scores = np.where(mask, scores, -np.inf) if mask.dtype == bool else scores + mask
