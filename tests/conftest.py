@@ -33,6 +33,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def train_in_process(argv: list[str]) -> None:
+    """Run the command line's ``main(argv)`` in this process; it must succeed. Restores torch's thread count,
+    which ``--threads`` changes."""
+    from going_modular.train import main
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def randomise_head(model: nn.Module, std: float = 0.05) -> nn.Module:
     """Draw the zero-initialised head (weight and bias) and class token from N(0, std²), in place.
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import train_in_process
 from ddp_replicas import train_a_few_steps
 from going_modular.data import create_dataloaders, load_digits_data
 from going_modular.distributed import any_process, gather_objects, replicate, start_processes, sum_over_processes, world
@@ -21,7 +22,7 @@ from going_modular.train import main
 
 TESTS = Path(__file__).parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-FLAGS = ["--epochs", "4", "--threads", "1", "--no-progress"]
+FLAGS = ["--epochs", "3", "--threads", "1", "--no-progress"]
 COMPARED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr")
 
 
@@ -96,9 +97,7 @@ def test_two_gloo_replicas_stay_equal_and_match_one_process(tmp_path, one_thread
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory) -> dict:
     output = tmp_path_factory.mktemp("single")
-    threads = torch.get_num_threads()
-    assert main([*FLAGS, "--output", str(output)]) == 0
-    torch.set_num_threads(threads)
+    train_in_process([*FLAGS, "--output", str(output)])
     return json.loads((output / "metrics.json").read_text())["history"]
 
 
@@ -120,7 +119,7 @@ def test_torchrun_stopped_by_ctrl_c_resumes_and_matches_one_process(tmp_path, si
         == f"torchrun --standalone --nproc_per_node=2 -m going_modular.train {shlex.join(FLAGS)} --output {output} --resume"
     )
     saved = read_training_state(state_file)
-    assert saved["settings"]["processes"] == 2 and len(saved["rng"]) == 2 and 1 <= saved["epoch"] < 4
+    assert saved["settings"]["processes"] == 2 and len(saved["rng"]) == 2 and 1 <= saved["epoch"] < 3
     assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])  # each process's own generators
 
     second = torchrun(*shlex.split(command)[3:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import train_in_process
 from going_modular.ablations import subset
 from going_modular.checkpoint import read_checkpoint
 from going_modular.data import create_dataloaders, load_digits_data, set_seed
@@ -40,7 +41,7 @@ from going_modular.train import build_model, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
-FLAGS = ["--epochs", "5", "--threads", "1", "--no-progress"]
+FLAGS = ["--epochs", "4", "--threads", "1", "--no-progress"]
 COMPARED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr")  # the history but its timings
 
 
@@ -189,9 +190,7 @@ def test_stop_request_turns_the_first_sigint_into_a_stop_between_steps():
 def uninterrupted(tmp_path_factory) -> Path:
     """The reference: the run of FLAGS, trained in this process without interruption."""
     output = tmp_path_factory.mktemp("uninterrupted")
-    threads = torch.get_num_threads()
-    assert main([*FLAGS, "--output", str(output)]) == 0
-    torch.set_num_threads(threads)
+    train_in_process([*FLAGS, "--output", str(output)])
     return output
 
 
@@ -212,15 +211,13 @@ def vit_train(*flags: str, **popen: object) -> subprocess.Popen:
 
 
 def wait_for_epoch(state_file: Path, epoch: int, process: subprocess.Popen, timeout: float = 120) -> None:
-    """Wait until ``state_file`` holds at least ``epoch`` (its mtime changes at each save) or the process ends."""
+    """Wait until ``state_file`` holds epoch ``epoch`` or later; fail if the process ends first.
+
+    The file is read while the process may be replacing it: atomic writes mean it is always whole."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        if state_file.exists():
-            try:
-                if read_training_state(state_file)["epoch"] >= epoch:
-                    return
-            except TrainingStateError:  # cannot happen with atomic writes: fail loudly below
-                raise
+        if state_file.exists() and read_training_state(state_file)["epoch"] >= epoch:
+            return
         time.sleep(0.02)
     raise AssertionError(f"{state_file} did not reach epoch {epoch} (exit status {process.poll()})")
 
@@ -230,16 +227,16 @@ def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_run(tmp_path,
     state_file = output / TRAINING_STATE_FILE
     rng = random.Random(0)
     kills = []
-    for epoch in (1, 3):  # kill twice, each time at a random moment after the state of `epoch` appeared
+    for epoch in (1, 2):  # kill twice, each time at a random moment after the state of `epoch` appeared
         process = vit_train(
             *FLAGS, "--output", str(output), *(["--resume"] if kills else []), stdout=subprocess.DEVNULL
         )
         wait_for_epoch(state_file, epoch, process)
-        time.sleep(rng.uniform(0, 0.8))  # an epoch takes about 0.6 s: anywhere in training or in a write
+        time.sleep(rng.uniform(0, 0.5))  # an epoch takes 0.4-0.9 s: anywhere in training or in a write
         process.send_signal(signal.SIGKILL)
         assert process.wait() == -signal.SIGKILL
         kills.append(read_training_state(state_file)["epoch"])
-    assert kills[0] >= 1 and kills[1] >= 3 and not (output / "metrics.json").exists()
+    assert kills[0] >= 1 and kills[1] >= 2 and not (output / "metrics.json").exists()
     assert main([*FLAGS, "--output", str(output), "--resume"]) == 0  # the last part in this process
     assert f"resuming after epoch {kills[1]}" in capsys.readouterr().out
     assert_same_run(output, uninterrupted)
@@ -277,7 +274,7 @@ def test_resume_lets_the_execution_settings_differ(uninterrupted, tmp_path, caps
     (moved / TRAINING_STATE_FILE).write_bytes((uninterrupted / TRAINING_STATE_FILE).read_bytes())
     flags = [flag for flag in FLAGS if flag != "--no-progress"]
     assert main([*flags[:-1], "2", "--output", str(moved), "--resume"]) == 0  # --threads 2
-    assert "resuming after epoch 5" in capsys.readouterr().out
+    assert "resuming after epoch 4" in capsys.readouterr().out
     assert_same_run(moved, uninterrupted)  # nothing was left to train: the saved weights are written out
 
 
