@@ -7,6 +7,7 @@ clean stop between two steps on Ctrl-C.
 import pickle
 import random
 import signal
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -131,7 +132,8 @@ class StopRequest:
     """While active (``with StopRequest() as stop:``), Ctrl-C or SIGTERM asks to stop instead of interrupting.
 
     ``stop.between_steps(loader)`` raises ``TrainingStopped`` before its next batch once any process was
-    asked; a second Ctrl-C interrupts at once. The previous signal handlers come back on exit.
+    asked; a second Ctrl-C interrupts at once. The previous signal handlers come back on exit. Outside the
+    main thread, where Python cannot handle signals, it changes nothing.
     """
 
     def __init__(self, signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM)) -> None:
@@ -143,7 +145,8 @@ class StopRequest:
         self.requested = True
 
     def __enter__(self) -> "StopRequest":
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.signals}
+        if threading.current_thread() is threading.main_thread():  # the only thread Python runs handlers in
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.signals}
         return self
 
     def __exit__(self, *exc_info: object) -> None:

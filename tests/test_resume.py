@@ -12,6 +12,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -184,6 +185,22 @@ def test_stop_request_turns_the_first_sigint_into_a_stop_between_steps():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C interrupts at once
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_stop_request_outside_the_main_thread_changes_no_handler():
+    previous, errors = signal.getsignal(signal.SIGINT), []
+
+    def use() -> None:
+        try:
+            with StopRequest() as stop:
+                assert list(stop.between_steps([1, 2])) == [1, 2]
+        except Exception as err:  # reported below: an assertion in a thread would be lost
+            errors.append(err)
+
+    thread = threading.Thread(target=use)
+    thread.start()
+    thread.join()
+    assert errors == [] and signal.getsignal(signal.SIGINT) is previous
 
 
 @pytest.fixture(scope="module")
