@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from going_modular.data import DataSplits
+from going_modular.data import DataSplits, create_dataloaders, load_digits_data, load_textures_data, set_seed
+from going_modular.engine import init_truncated_normal, train
 from going_modular.vit import ViT
 
 
@@ -61,3 +62,97 @@ class ViT2DPosition(ViT):
 
     def no_weight_decay(self) -> set[str]:
         return {"class_token", "row_embedding", "column_embedding", "class_position"}
+
+
+# notebooks/12_data_and_ablations.ipynb, cell 8
+TEXTURES_16 = dict(image_size=16, num_train=2000, num_test=500, seed=0)  # the data of every run below
+VIT_16 = dict(img_size=16, patch_size=4, num_classes=4, embed_dim=64, depth=4, num_heads=8, mlp_ratio=2.0)
+RECIPE = dict(epochs=12, lr=1e-3, weight_decay=0.05)  # AdamW, warm-up then cosine decay, clipping at 1
+SEEDS = range(5)
+
+
+def build_textures_model(model: str = "vit", *, pooling: str = "cls", position: str = "1d") -> nn.Module:
+    """``cnn`` (``small_cnn``) or ``vit`` with ``pooling`` 'cls' or 'avg' and ``position`` '1d', '2d' or 'none'."""
+    if model == "cnn":
+        return small_cnn(4)
+    if model != "vit" or position not in ("1d", "2d", "none"):
+        raise ValueError(
+            f"expected model 'vit' or 'cnn' and position '1d', '2d' or 'none', got {model!r}, {position!r}"
+        )
+    global_pool = {"cls": "token", "avg": "avg"}[pooling]
+    vit = init_truncated_normal((ViT2DPosition if position == "2d" else ViT)(**VIT_16, global_pool=global_pool))
+    return without_position_embedding(vit) if position == "none" else vit
+
+
+def textures_run(config: dict, *, device: torch.device) -> dict:
+    """One run of the data-size and ablation grids: train with RECIPE on ``train_images`` of the 2,000 textures.
+
+    ``config``: ``seed``, and optionally ``model``, ``train_images``, ``pooling``, ``position``, ``lr`` (defaults:
+    a ViT with class token and 1-D E_pos on all 2,000 images, RECIPE's rate). The seed draws the subset, the
+    model and the order.
+    """
+    seed, images = config["seed"], config.get("train_images", TEXTURES_16["num_train"])
+    set_seed(seed)
+    model = build_textures_model(
+        config.get("model", "vit"), pooling=config.get("pooling", "cls"), position=config.get("position", "1d")
+    )
+    data = subset(load_textures_data(**TEXTURES_16), images / TEXTURES_16["num_train"], seed=seed)
+    train_loader, test_loader = create_dataloaders(data, batch_size=64, seed=seed, device=device)
+    recipe = RECIPE | {"lr": config.get("lr", RECIPE["lr"])}
+    history = train(model, train_loader, test_loader, device=device, progress=False, **recipe)
+    return {
+        "test_accuracy": history["test_accuracy"][-1],
+        "train_accuracy": history["train_accuracy"][-1],
+        "steps": RECIPE["epochs"] * len(train_loader),
+    }
+
+
+DATA_SIZE_GRID = tuple(
+    {"model": model, "train_images": images, "seed": seed}
+    for model in ("vit", "cnn")
+    for images in (200, 600, 2000)
+    for seed in SEEDS
+)
+LEARNING_RATES = (3e-4, 1e-3, 3e-3)  # Appendix D.3: each pooling arm at several rates
+ABLATION_GRID = tuple(
+    {"pooling": pooling, "position": position, "lr": lr, "seed": seed}
+    for pooling, position, rates in (
+        ("cls", "1d", LEARNING_RATES),
+        ("avg", "1d", LEARNING_RATES),
+        ("cls", "none", (RECIPE["lr"],)),
+        ("cls", "2d", (RECIPE["lr"],)),
+    )
+    for lr in rates
+    for seed in SEEDS
+)
+DIGITS_MODEL = dict(
+    img_size=8, patch_size=2, in_channels=1, num_classes=10, embed_dim=64, depth=4, num_heads=8, mlp_ratio=2.0
+)
+DIGITS_RECIPE = dict(epochs=20, lr=2e-3, weight_decay=0.05)  # chapter 8's recipe, for all 1,437 training digits
+
+
+def digits_run(config: dict, *, device: torch.device) -> dict:
+    """Chapter 8's baseline: the digits ViT or ``small_cnn`` on all training digits or a seeded subset of
+    ``train_images``, with the epochs scaled so that every run takes the same number of optimiser steps."""
+    seed, images = config["seed"], config["train_images"]
+    digits = load_digits_data(seed=0)
+    full = len(digits.train)
+    set_seed(seed)
+    data = digits if images == full else subset(digits, images / full, seed=seed)
+    loaders = create_dataloaders(data, batch_size=64, seed=seed, device=device)
+    model = init_truncated_normal(ViT(**DIGITS_MODEL)) if config["model"] == "vit" else small_cnn(10, in_channels=1)
+    epochs = round(DIGITS_RECIPE["epochs"] * full / images)
+    history = train(model, *loaders, device=device, progress=False, **(DIGITS_RECIPE | {"epochs": epochs}))
+    return {
+        "test_accuracy": history["test_accuracy"][-1],
+        "train_accuracy": history["train_accuracy"][-1],
+        "steps": epochs * len(loaders[0]),
+    }
+
+
+DIGITS_GRID = tuple(
+    {"model": model, "train_images": images, "seed": seed}
+    for model in ("vit", "cnn")
+    for images in (1437, 287)
+    for seed in SEEDS
+)

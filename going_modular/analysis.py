@@ -7,6 +7,8 @@ tokens with the class token at index 0 and the N patch tokens in raster order of
 """
 
 from collections.abc import Sequence
+from itertools import product
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,10 +17,14 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
+from going_modular.checkpoint import save_model
+from going_modular.data import DataSplits, create_dataloaders, load_textures_data, set_seed
+from going_modular.engine import init_truncated_normal, train
 from going_modular.patches import to_pair
+from going_modular.vit import ViT
 
 
-# notebooks/11_inspecting_vit.ipynb, cell 13
+# notebooks/11_inspecting_vit.ipynb, cell 12
 def _check_maps(maps: Sequence[torch.Tensor]) -> tuple[int, int, int]:
     """Raise unless ``maps`` is a non-empty list of tensors (B, h, T, T) of one shape; return (B, h, T)."""
     if isinstance(maps, torch.Tensor) or not isinstance(maps, Sequence) or len(maps) == 0:
@@ -40,7 +46,7 @@ def _check_grid(tokens: int, grid: tuple[int, int]) -> None:
         raise ValueError(f"expected T = 1 + {grid[0]}*{grid[1]} = {1 + grid[0] * grid[1]} tokens, got T = {tokens}")
 
 
-# notebooks/11_inspecting_vit.ipynb, cell 14
+# notebooks/11_inspecting_vit.ipynb, cell 13
 def attention_rollout(maps: Sequence[torch.Tensor], residual: bool = True) -> torch.Tensor:
     """Attention rollout (Abnar and Zuidema, 2020): L maps (B, h, T, T) -> (B, T, T).
 
@@ -59,7 +65,7 @@ def attention_rollout(maps: Sequence[torch.Tensor], residual: bool = True) -> to
     return rollout
 
 
-# notebooks/11_inspecting_vit.ipynb, cell 17
+# notebooks/11_inspecting_vit.ipynb, cell 16
 def class_token_map(rollout: torch.Tensor, grid_size: int | Sequence[int]) -> torch.Tensor:
     """The class token's row of a rollout (B, T, T), patch part, renormalised to sum 1: (B, gh, gw)."""
     gh, gw = to_pair(grid_size, "grid_size")
@@ -79,7 +85,7 @@ def patch_coverage(masks: torch.Tensor, patch_size: int | Sequence[int]) -> torc
     return masks.float().reshape(b, h // ph, ph, w // pw, pw).mean(dim=(2, 4))
 
 
-# notebooks/11_inspecting_vit.ipynb, cell 18
+# notebooks/11_inspecting_vit.ipynb, cell 17
 def plot_rollout(images: np.ndarray, heatmaps: torch.Tensor, *, titles: Sequence[str] | None = None) -> Figure:
     """Images (B, H, W, 3) in [0, 1] over their class-token rollout maps (B, gh, gw), upsampled to (H, W)."""
     count, (height, width) = len(images), images.shape[1:3]
@@ -96,7 +102,7 @@ def plot_rollout(images: np.ndarray, heatmaps: torch.Tensor, *, titles: Sequence
     return fig
 
 
-# notebooks/11_inspecting_vit.ipynb, cell 24
+# notebooks/11_inspecting_vit.ipynb, cell 20
 def embedding_filter_components(model: nn.Module, k: int = 28) -> torch.Tensor:
     """The first k principal components of the patch-embedding filters E: (k, C, P, P).
 
@@ -130,7 +136,7 @@ def plot_filter_components(components: torch.Tensor, *, columns: int = 7) -> Fig
     return fig
 
 
-# notebooks/11_inspecting_vit.ipynb, cell 28
+# notebooks/11_inspecting_vit.ipynb, cell 24
 def position_embedding_similarity(model: nn.Module) -> torch.Tensor:
     """Cosine similarity of the position embeddings E_pos of every pair of patches: (gh, gw, gh, gw).
 
@@ -160,7 +166,17 @@ def plot_position_similarity(similarity: torch.Tensor) -> Figure:
     return fig
 
 
-# notebooks/11_inspecting_vit.ipynb, cell 34
+# notebooks/11_inspecting_vit.ipynb, cell 27
+def neighbour_similarity(similarity: torch.Tensor) -> tuple[float, float]:
+    """Mean similarity of 4-neighbour patch pairs, and of all pairs of distinct patches."""
+    gh, gw = similarity.shape[:2]
+    pairs = [((i, j), (i + di, j + dj)) for i, j in product(range(gh), range(gw)) for di, dj in ((0, 1), (1, 0))]
+    near = [similarity[a][b].item() for a, b in pairs if b[0] < gh and b[1] < gw]
+    flat = similarity.reshape(gh * gw, gh * gw)
+    return float(np.mean(near)), ((flat.sum() - flat.trace()) / (flat.numel() - gh * gw)).item()
+
+
+# notebooks/11_inspecting_vit.ipynb, cell 31
 def patch_centres(grid_size: int | Sequence[int], patch_size: int | Sequence[int]) -> torch.Tensor:
     """Pixel coordinates (y, x) of the N patch centres in raster order: (N, 2)."""
     (gh, gw), (ph, pw) = to_pair(grid_size, "grid_size"), to_pair(patch_size, "patch_size")
@@ -201,3 +217,54 @@ def plot_attention_distance(distances: torch.Tensor) -> Figure:
     if heads <= 16:
         ax.legend(fontsize=6, ncol=2)
     return fig
+
+
+# notebooks/11_inspecting_vit.ipynb, cell 35
+TEXTURES_32 = dict(image_size=32, num_train=2000, num_test=500, seed=0)
+TINY = dict(img_size=32, patch_size=4, in_channels=3, num_classes=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
+RECIPE = dict(lr=5e-4, weight_decay=0.05)  # AdamW, warm-up then cosine decay, clipping at 1
+ROLLOUT_GRID = tuple({"epochs": epochs, "seed": seed} for epochs in (3, 12) for seed in range(5))
+
+
+def train_textures_vit(config: dict, data: DataSplits, *, device: torch.device) -> tuple[ViT, float]:
+    """Train ``ViT(**TINY)`` for ``config["epochs"]`` with ``RECIPE``, seeded by ``config["seed"]``:
+    (the model in eval mode on the CPU, its final test accuracy)."""
+    set_seed(config["seed"])
+    loaders = create_dataloaders(data, batch_size=64, seed=config["seed"], device=device)
+    model = init_truncated_normal(ViT(**TINY))
+    history = train(model, *loaders, device=device, progress=False, epochs=config["epochs"], **RECIPE)
+    return model.eval().cpu(), history["test_accuracy"][-1]
+
+
+def inspect_textures_vit(model: ViT, data: DataSplits) -> dict:
+    """Where a trained model looks, on the test images: rollout and layer-1 shares on the object (mean, and
+    the fraction of images above the object's share of the image), neighbour and all-pair similarity of
+    E_pos, and the mean attention distance (L, h) over the first 128 images."""
+    images, masks = data.test.tensors[0], data.masks["test"]
+    coverage = patch_coverage(masks, model.patch_size)  # (B, gh, gw)
+    chance = coverage.mean(dim=(1, 2))  # (B,): the object's share of the image
+    with torch.inference_mode():
+        maps = model(images, return_attention=True)[1]
+    on_object = (class_token_map(attention_rollout(maps), model.grid_size) * coverage).sum(dim=(1, 2))  # (B,)
+    direct = maps[0][:, :, 0, 1:].mean(dim=1)  # layer 1 alone: the class token's attention to the patches
+    first_layer = (direct / direct.sum(-1, keepdim=True)).reshape(coverage.shape) * coverage
+    near, overall = neighbour_similarity(position_embedding_similarity(model))
+    distance = mean_attention_distance([m[:128] for m in maps], model.grid_size, model.patch_size)
+    return {
+        "rollout_on_object": on_object.mean().item(),
+        "rollout_above_chance": (on_object > chance).float().mean().item(),
+        "first_layer_on_object": first_layer.sum(dim=(1, 2)).mean().item(),
+        "position_neighbours": near,
+        "position_all_pairs": overall,
+        "attention_distance": distance.tolist(),
+    }
+
+
+def rollout_run(config: dict, *, device: torch.device, output: Path | None = None) -> dict:
+    """One run of the rollout grid: train on the 32-px textures, then inspect the model. With ``output``,
+    a fully trained model (12 epochs) is also saved there as a checkpoint, for the chapter's figures."""
+    data = load_textures_data(**TEXTURES_32)
+    model, accuracy = train_textures_vit(config, data, device=device)
+    if output is not None and config["epochs"] == 12:
+        save_model(model, output, {"class_names": list(data.class_names), "preprocessing": data.preprocessing})
+    return {"test_accuracy": accuracy, **inspect_textures_vit(model, data)}

@@ -23,6 +23,7 @@ which often needs neither, starts in half the time.
 import os
 import random
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from going_modular.distributed import world
-from going_modular.files import download_and_extract
+from going_modular.files import DownloadError, network_timeout
 from going_modular.patches import to_pair
 
 
@@ -308,8 +309,6 @@ def load_image_folder(
 
 
 # notebooks/A2_data.ipynb, cell 22
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
@@ -320,19 +319,32 @@ def load_cifar10(
     image_size: int | Sequence[int] = 32,
     augment: bool = True,
     download: bool = True,
-    url: str = CIFAR10_URL,
     timeout: float = 10.0,
 ) -> DataSplits:
-    """CIFAR-10 through torchvision, downloaded into ``root`` when missing (a GPU-sized dataset)."""
+    """CIFAR-10 read by torchvision's ``CIFAR10`` class from ``root``, which it downloads there when missing.
+
+    torchvision checks the MD5 of the archive and of each batch file. The download happens in a temporary
+    folder in ``root``, moved into place when whole; a failure leaves nothing and raises ``DownloadError``.
+    """
+    from torchvision import datasets
+
     root = Path(root)
-    folder = root / "cifar-10-batches-py"
+    folder = root / datasets.CIFAR10.base_folder
     if not folder.is_dir():
         if not download:
             raise FileNotFoundError(f"CIFAR-10 is not in {folder} and download=False")
-        download_and_extract(url, folder, timeout=timeout, md5=CIFAR10_MD5 if url == CIFAR10_URL else None)
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".cifar-10-download-") as tmp:
+            try:
+                with network_timeout(timeout):
+                    datasets.CIFAR10(tmp, download=True)
+            except (OSError, RuntimeError) as err:  # RuntimeError: an MD5 mismatch (the file goes with tmp)
+                raise DownloadError(
+                    f"CIFAR-10 needs a download from {datasets.CIFAR10.url} into {folder}, which failed ({err}). "
+                    "Run once with a network, or put the extracted cifar-10-batches-py folder there yourself."
+                ) from err
+            os.replace(Path(tmp) / datasets.CIFAR10.base_folder, folder)
     preprocessing = make_preprocessing(image_size, 3, 255.0, CIFAR10_MEAN, CIFAR10_STD)
-    from torchvision import datasets
-
     train = datasets.CIFAR10(root, train=True, transform=build_transform(preprocessing, augment=augment))
     test = datasets.CIFAR10(root, train=False, transform=build_transform(preprocessing))
     return DataSplits(train=train, test=test, class_names=list(train.classes), preprocessing=preprocessing)

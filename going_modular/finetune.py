@@ -4,15 +4,19 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from going_modular.checkpoint import load_weights, read_checkpoint
+from going_modular.data import load_digits_data, set_seed
 from going_modular.embedding import resize_position_embedding
+from going_modular.engine import init_truncated_normal, train
 from going_modular.jax_checkpoint import jax_npz_config, load_jax_npz
 from going_modular.patches import to_pair
 from going_modular.vit import ViT
@@ -86,3 +90,84 @@ def from_pretrained(
     else:
         load_weights(model, path)
     return adapt(model, img_size=img_size, num_classes=num_classes)
+
+
+# notebooks/10_fine_tuning.ipynb, cell 13
+FIRST_DIGITS, SECOND_DIGITS = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)  # pre-train on the first, fine-tune on the second
+DIGITS_VIT = dict(patch_size=2, in_channels=1, num_classes=5, embed_dim=64, depth=4, num_heads=8, mlp_ratio=2.0)
+PRETRAIN = dict(epochs=20, lr=2e-3, weight_decay=0.05)  # AdamW, warm-up then cosine decay, clipping at 1
+FINETUNE = dict(epochs=20, optimizer="sgd", lr=0.03, momentum=0.9, weight_decay=0.0, clip_norm=1.0, decay="cosine")
+FINETUNE_ARMS = ("interpolated", "interpolated_linear", "reinitialised", "pretraining_resolution", "scratch")
+FINETUNE_GRID = tuple({"arm": arm, "seed": seed} for arm in FINETUNE_ARMS for seed in range(5))
+
+Task = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def digits_task(classes: Sequence[int], image_size: int, *, per_class: int | None = None, seed: int = 0) -> Task:
+    """((train images, labels), (test images, labels)) of some digit classes, labels renumbered 0..K-1;
+    with ``per_class``, that many seeded training images of each class."""
+    splits = load_digits_data(image_size=image_size, seed=0)
+    out = []
+    for split in (splits.train, splits.test):
+        images, labels = split.tensors
+        keep = torch.isin(labels, torch.tensor(classes))
+        out.append((images[keep], labels[keep] - min(classes)))
+    if per_class is not None:
+        images, labels = out[0]
+        generator = torch.Generator().manual_seed(seed)
+        chosen = [torch.nonzero(labels == k).flatten() for k in range(len(classes))]
+        index = torch.cat([ids[torch.randperm(len(ids), generator=generator)[:per_class]] for ids in chosen])
+        out[0] = (images[index], labels[index])
+    return out[0], out[1]
+
+
+def task_loaders(task: Task, *, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
+    """A seeded shuffling loader of the training pair and a loader of the test pair."""
+    (train_x, train_y), (test_x, test_y) = task
+    shuffle = torch.Generator().manual_seed(seed)
+    return (
+        DataLoader(TensorDataset(train_x, train_y), batch_size=batch_size, shuffle=True, generator=shuffle),
+        DataLoader(TensorDataset(test_x, test_y), batch_size=256),
+    )
+
+
+def pretrain_digits(seed: int, *, device: torch.device) -> tuple[ViT, float]:
+    """Pre-train on the digits 0-4 at 8x8 pixels with PRETRAIN: (the model on the CPU, its test accuracy)."""
+    set_seed(seed)
+    model = init_truncated_normal(ViT(img_size=8, **DIGITS_VIT))
+    train_loader, test_loader = task_loaders(digits_task(FIRST_DIGITS, 8), batch_size=64, seed=seed)
+    history = train(model, train_loader, test_loader, device=device, progress=False, **PRETRAIN)
+    return model.cpu(), history["test_accuracy"][-1]
+
+
+def finetune_digits(pretrained: ViT, arm: str, seed: int, *, device: torch.device) -> float:
+    """Test accuracy on the digits 5-9 (40 training images per class) after one arm's fine-tuning.
+
+    Arms: ``interpolated`` (16 px, E_pos resized bicubically), ``interpolated_linear`` (resized as the JAX
+    code does), ``reinitialised`` (16 px, new E_pos), ``pretraining_resolution`` (8 px), ``scratch``
+    (a new model at 16 px, trained with the pre-training recipe). ``pretrained`` is not changed.
+    """
+    if arm not in FINETUNE_ARMS:
+        raise ValueError(f"arm must be one of {list(FINETUNE_ARMS)}, got {arm!r}")
+    set_seed(100 + seed)
+    size = 8 if arm == "pretraining_resolution" else 16
+    if arm == "scratch":
+        model, recipe = init_truncated_normal(ViT(img_size=16, **DIGITS_VIT)), PRETRAIN
+    else:
+        model, recipe = replace_head(copy.deepcopy(pretrained), 5), FINETUNE  # a new task: a new head
+        if arm == "interpolated_linear":
+            set_image_size(model, size, mode="bilinear", align_corners=True)
+        elif size != 8:
+            set_image_size(model, size)
+        if arm == "reinitialised":
+            nn.init.trunc_normal_(model.position_embedding, std=0.02)
+    task = digits_task(SECOND_DIGITS, size, per_class=40, seed=seed)
+    train_loader, test_loader = task_loaders(task, batch_size=32, seed=seed)
+    return train(model, train_loader, test_loader, device=device, progress=False, **recipe)["test_accuracy"][-1]
+
+
+def finetune_run(config: dict, *, device: torch.device) -> dict:
+    """One run of the fine-tuning grid: pre-train with ``config["seed"]``, then fine-tune ``config["arm"]``."""
+    pretrained, pretrain_accuracy = pretrain_digits(config["seed"], device=device)
+    accuracy = finetune_digits(pretrained, config["arm"], config["seed"], device=device)
+    return {"test_accuracy": accuracy, "pretrain_accuracy": pretrain_accuracy}

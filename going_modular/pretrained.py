@@ -75,21 +75,26 @@ class ImagePreprocessing:
 
 # notebooks/A8_pretrained.ipynb, cell 8
 def cache_dir() -> Path:
-    """Where downloaded weights are kept: ``$GOING_MODULAR_CACHE``, else ``~/.cache/going_modular``."""
+    """Where downloaded JAX checkpoints are kept: ``$GOING_MODULAR_CACHE``, else ``~/.cache/going_modular``."""
     return Path(os.environ.get("GOING_MODULAR_CACHE", Path.home() / ".cache" / "going_modular"))
 
 
-def _fetch(url: str, path: Path, *, what: str, timeout: float) -> Path:
-    """``path`` when it exists, else ``url`` downloaded there; a failure says that a download is needed."""
+def _need_download(what: str, url: str, into: str | Path, reason: object) -> DownloadError:
+    """The error for a failed download: what is needed, from where, into which file, and why it failed."""
+    return DownloadError(
+        f"{what} need a download from {url} into {into}, which failed ({reason}). "
+        "Run once with a network (the file is then cached), or put the file there yourself."
+    )
+
+
+def _fetch(url: str, path: Path, *, what: str, timeout: float, sha256_prefix: str | None = None) -> Path:
+    """``path`` when it exists, else ``url`` downloaded there by torch.hub; a failure says that a download is needed."""
     if path.is_file():
         return path
     try:
-        return download_file(url, path, timeout=timeout)
+        return download_file(url, path, timeout=timeout, sha256_prefix=sha256_prefix)
     except DownloadError as err:
-        raise DownloadError(
-            f"{what} need a download from {url} into {path}, which failed ({err}). "
-            "Run once with a network (the file is then cached), or put the file there yourself."
-        ) from err
+        raise _need_download(what, url, path, err) from err
 
 
 # notebooks/A8_pretrained.ipynb, cell 10
@@ -111,13 +116,16 @@ def _torchvision(size: str, patch: int, tag: str, timeout: float) -> tuple[dict,
     )
     config = dict(img_size=reference.crop_size[0], num_classes=len(weights.meta["categories"]))
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name  # torchvision's own cache
-    path = _fetch(weights.url, path, what=f"torchvision's {builder} {weights.name} weights", timeout=timeout)
+    digest = torch.hub.HASH_REGEX.search(path.name)  # the SHA-256 prefix in the name, as torch.hub's check_hash
+    what = f"torchvision's {builder} {weights.name} weights"
+    path = _fetch(weights.url, path, what=what, timeout=timeout, sha256_prefix=digest and digest.group(1))
     return config, torch.load(path, map_location="cpu", weights_only=True), preprocessing
 
 
 def _timm(size: str, patch: int, name: str, timeout: float) -> tuple[dict, dict, ImagePreprocessing]:
     try:
-        import timm  # optional: only this source needs it
+        import timm  # optional: only this source needs it (and brings huggingface_hub)
+        from huggingface_hub import constants, hf_hub_download, hf_hub_url
     except ImportError:
         raise ImportError(f"timm weights ({name!r}) need timm for their metadata: pip install timm") from None
     try:
@@ -129,12 +137,14 @@ def _timm(size: str, patch: int, name: str, timeout: float) -> tuple[dict, dict,
         raise ValueError(f"{name!r} is not a timm name of ViT-{size}/{patch} weights (vit_{expected}_patch{patch}_*)")
     crop = cfg.input_size[-1]
     preprocessing = ImagePreprocessing(math.floor(crop / cfg.crop_pct), crop, cfg.interpolation, cfg.mean, cfg.std)
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")  # the Hub's own mirror setting
-    path = cache_dir() / "timm" / f"{cfg.hf_hub_id.replace('/', '--')}.safetensors"
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") and not path.is_file():
-        raise DownloadError(f"timm's {name} weights need a download into {path}, and HF_HUB_OFFLINE is set")
-    url = f"{endpoint}/{cfg.hf_hub_id}/resolve/main/model.safetensors"
-    path = _fetch(url, path, what=f"timm's {name} weights", timeout=timeout)
+    try:
+        path = hf_hub_download(cfg.hf_hub_id, "model.safetensors", etag_timeout=timeout)
+    except OSError as err:  # huggingface_hub's errors, offline mode's included, are OSErrors
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else err
+        url = hf_hub_url(cfg.hf_hub_id, "model.safetensors")
+        raise _need_download(
+            f"timm's {name} weights", url, f"the Hugging Face cache {constants.HF_HUB_CACHE}", reason
+        ) from err
     state_dict = {key: torch.from_numpy(array.copy()) for key, array in read_safetensors(path).items()}
     return dict(img_size=crop, num_classes=cfg.num_classes), state_dict, preprocessing
 

@@ -103,11 +103,15 @@ def corrupt(data: bytes, case: str) -> bytes:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Start the longest files first, so that `make test`'s two workers finish at about the same time.
+    """Mark the chapters slow, and start the longest files first, so that `make test`'s two workers finish at
+    about the same time.
 
     tests/durations.json holds the seconds each slow file took (``make test PYTEST_ARGS=--durations=0``);
     files not in it count as fast. Within a file the order is kept, as nbval needs.
     """
+    for item in items:
+        if item.path.suffix == ".ipynb":  # a chapter under nbval: a kernel, so not `make unit`
+            item.add_marker(pytest.mark.slow)
     seconds = json.loads((Path(__file__).parent / "durations.json").read_text(encoding="utf-8"))
     root = config.rootpath
     items.sort(key=lambda item: -seconds.get(item.path.relative_to(root).as_posix(), 0))  # a stable sort

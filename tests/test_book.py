@@ -26,6 +26,8 @@ import yaml
 
 from conftest import QuietHandler, http_server
 
+pytestmark = pytest.mark.slow  # a headless browser (left out by `make unit`)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))

@@ -23,7 +23,10 @@ MAIN_PATH = {
 }
 MAX_CODE_LINES = 450
 EXERCISE = re.compile(r"^### Exercise (\d+)\b", re.MULTILINE)
-DROPDOWN = re.compile(r"^:::\{dropdown\} (Hint|Solution)\s*$", re.MULTILINE)
+# A hint or a solution: an HTML <details> block, folded in the book, in Jupyter and in Colab alike (a MyST
+# dropdown is folded in the book only, and shows as raw text in Jupyter and Colab). The blank lines around
+# the content let Markdown render inside it.
+FOLDED = re.compile(r"^<details>\n<summary>(Hint|Solution)</summary>\n\n(?:.*\n)*?\n</details>$", re.MULTILINE)
 
 
 def code_lines(nb: nbformat.NotebookNode) -> int:
@@ -74,9 +77,15 @@ def test_main_path_chapters_stay_short(path):
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
-def test_every_exercise_has_a_hint_and_a_toggled_solution(path):
-    """Each exercise cell holds a Hint and a Solution dropdown; code solutions are hidden cells that assert."""
+def test_every_exercise_has_a_folded_hint_and_a_folded_solution(path):
+    """Each exercise cell holds a Hint and a Solution <details> block; code solutions are folded cells that assert.
+
+    A solution cell is folded in the book (the ``hide-cell`` tag), in JupyterLab and Notebook 7
+    (``jupyter.source_hidden``, ``outputs_hidden``) and in Colab (a form: ``cellView``, ``# @title``).
+    """
     cells = nbformat.read(path, as_version=4).cells
+    dropdowns = [i for i, cell in enumerate(cells) if cell.cell_type == "markdown" and ":::{dropdown}" in cell.source]
+    assert not dropdowns, f"{path.name}: MyST dropdowns show as raw text in Jupyter and Colab (cells {dropdowns})"
     start = next(
         i for i, cell in enumerate(cells) if cell.cell_type == "markdown" and cell.source.startswith("## Exercises")
     )
@@ -87,15 +96,21 @@ def test_every_exercise_has_a_hint_and_a_toggled_solution(path):
             continue
         assert len(found) == 1, f"{path.name}: one exercise per markdown cell, cell {i} has {found}"
         numbers.append(int(found[0]))
-        assert DROPDOWN.findall(cell.source) == ["Hint", "Solution"], (
-            f"{path.name} exercise {found[0]}: needs a Hint then a Solution dropdown"
+        assert FOLDED.findall(cell.source) == ["Hint", "Solution"], (
+            f"{path.name} exercise {found[0]}: needs a Hint then a Solution <details> block (see CONTRIBUTING.md)"
         )
+        assert cell.source.count("<details>") == 2 and cell.source.count("</details>") == 2
         after = cells[i + 1] if i + 1 < len(cells) else None
         if after is not None and after.cell_type == "code":
-            assert "hide-cell" in after.metadata.get("tags", []), (
-                f"{path.name} exercise {found[0]}: hide the solution cell"
+            metadata = after.metadata
+            folded = (
+                "hide-cell" in metadata.get("tags", []),
+                metadata.get("jupyter", {}).get("source_hidden") is True,
+                metadata.get("jupyter", {}).get("outputs_hidden") is True,
+                metadata.get("cellView") == "form",
             )
-            assert after.source.startswith(f"# Solution to exercise {found[0]}"), after.source[:60]
+            assert all(folded), f"{path.name} exercise {found[0]}: fold the solution cell, got metadata {metadata}"
+            assert after.source.startswith(f"# @title Solution to exercise {found[0]}\n"), after.source[:60]
             assert re.search(
                 r"^\s*(assert |torch\.testing\.assert_close|np\.testing\.assert)", after.source, re.MULTILINE
             ), f"{path.name} exercise {found[0]}: a code solution ends in an assertion that checks it"

@@ -77,6 +77,7 @@ def test_the_reader_agrees_with_the_safetensors_library(checkpoint):
         assert read_checkpoint(path)[0] == document
 
 
+@pytest.mark.slow
 def test_the_module_imports_and_reads_without_torch(checkpoint):
     probe = (
         "import sys\nfrom going_modular.checkpoint import read_checkpoint\n"

@@ -20,6 +20,8 @@ from going_modular.distributed import any_process, gather_objects, replicate, st
 from going_modular.resume import TRAINING_STATE_FILE, read_training_state
 from going_modular.train import main
 
+pytestmark = pytest.mark.slow  # torchrun and its processes (left out by `make unit`)
+
 TESTS = Path(__file__).parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 FLAGS = ["--epochs", "3", "--threads", "1", "--no-progress"]
@@ -128,6 +130,9 @@ def test_torchrun_stopped_by_ctrl_c_resumes_and_matches_one_process(tmp_path, si
     assert f"resuming after epoch {saved['epoch']}" in out and "2 process(es)" in out
     assert out.count("test accuracy") == 1  # rank 0 alone prints
     two = json.loads((output / "metrics.json").read_text())["history"]
-    for key in COMPARED:  # round-off may flip a prediction or two: 2 of the 360 test images are 0.0056
-        atol = 0.006 if key.endswith("accuracy") else 2e-3
+    # Two processes sum their halves of each gradient where one process sums the whole batch: round-off
+    # that 66 AdamW steps amplify. It may flip a prediction or two (2 of the 360 test images are 0.0056);
+    # the test loss after epoch 2 differed by 4.1e-3 on an AVX512 host (under 2e-3 on the one before).
+    for key in COMPARED:
+        atol = 0.006 if key.endswith("accuracy") else 5e-3
         np.testing.assert_allclose(two[key], single_process[key], rtol=0, atol=atol, err_msg=key)

@@ -223,6 +223,7 @@ def test_each_block_carries_its_provenance(tmp_path):
     assert text.count("# notebooks/01_a.ipynb, cell") == 2
 
 
+@pytest.mark.slow
 def test_the_output_is_formatted_and_lint_clean_with_the_project_settings(tmp_path):
     text = export_one(
         tmp_path,

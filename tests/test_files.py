@@ -52,6 +52,7 @@ def test_a_folder_replaces_an_existing_folder(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # the old folder moved aside was deleted
 
 
+@pytest.mark.slow
 def test_permissions_follow_the_umask_like_open_and_mkdir(tmp_path):
     probe = (
         "import os, sys, stat\nfrom pathlib import Path\nfrom going_modular.files import atomic_write\n"
@@ -98,6 +99,7 @@ def test_a_tar_member_outside_the_destination_is_refused(tmp_path):
     assert list((tmp_path / "jail").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_module_imports_only_the_standard_library():
     probe = (
         "import sys\nbefore = set(sys.modules)\nimport going_modular.files\n"

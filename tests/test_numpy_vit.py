@@ -388,6 +388,7 @@ def test_read_safetensors_widens_bfloat16(tmp_path):
     np.testing.assert_array_equal(read, x.float().numpy())
 
 
+@pytest.mark.slow
 def test_module_imports_only_numpy_and_the_standard_library(tmp_path):
     """numpy_vit and the checkpoint reader it uses import no torch, safetensors or scipy, even while they work."""
     code = (

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+pytestmark = pytest.mark.slow  # pip and fresh interpreters (left out by `make unit`)
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "going_modular"
 # Environment, build outputs, and what chapters write when they run (see .gitignore).

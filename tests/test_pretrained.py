@@ -1,10 +1,19 @@
-"""create_vit(name, weights=...): the online paths against an HTTP server on 127.0.0.1, and the offline failures."""
+"""create_vit(name, weights=...): the online paths against an HTTP server on 127.0.0.1, and the offline failures.
 
+torchvision's weights come through torch.hub (the URL patched to 127.0.0.1), timm's through huggingface_hub
+(HF_ENDPOINT pointing at 127.0.0.1, which serves the two requests of the Hub's protocol: HEAD, then GET).
+"""
+
+import hashlib
+import importlib
 import io
 import logging
+import re
 import socket
 import time
+from pathlib import Path
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import timm
@@ -19,21 +28,33 @@ from going_modular.variants import create_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TIMM_NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+TIMM_PATH = f"/timm/{TIMM_NAME}/resolve/main/model.safetensors"
 FILES: dict[str, bytes] = {}  # URL path -> body, filled by the tests
 HITS: list[str] = []
 
 
 class Handler(QuietHandler):
-    def do_GET(self):  # noqa: N802 (the name http.server expects)
-        HITS.append(self.path)
-        body = FILES.get(self.path)
-        if body is None:
+    """Serves FILES; HEAD as the Hub answers it (the file's SHA-256 as ETag, a commit hash), without the body."""
+
+    def do_HEAD(self):  # noqa: N802 (the name http.server expects)
+        self.answer(body=False)
+
+    def do_GET(self):  # noqa: N802
+        self.answer(body=True)
+
+    def answer(self, body: bool) -> None:
+        HITS.append(f"{self.command} {self.path}")
+        data = FILES.get(self.path)
+        if data is None:
             self.send_error(404, "Not Found")
             return
         self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
         self.end_headers()
-        self.wfile.write(body)
+        if body:
+            self.wfile.write(data)
 
 
 @pytest.fixture(scope="module")
@@ -42,45 +63,95 @@ def server():
         yield url
 
 
-@pytest.fixture
-def timm_hub(server, monkeypatch):
-    """A random timm ViT-Ti/16, served as the Hub's model.safetensors of TIMM_NAME from 127.0.0.1."""
-    torch.manual_seed(0)
-    reference = randomise_all(timm.create_model("vit_tiny_patch16_224"), std=0.02)
-    FILES[f"/timm/{TIMM_NAME}/resolve/main/model.safetensors"] = save_safetensors(reference.state_dict())
-    monkeypatch.setenv("HF_ENDPOINT", server)
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    return reference
+def hub_settings(monkeypatch, **environment: str | None) -> None:
+    """Set (or, with None, unset) environment variables and have huggingface_hub read them again.
+
+    huggingface_hub reads HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE once, when it is imported; reloading its
+    constants makes it behave as a process started with that environment.
+    """
+    for name, value in environment.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    importlib.reload(huggingface_hub.constants)
 
 
 @pytest.fixture(autouse=True)
 def empty_caches(tmp_path, monkeypatch):
+    """Empty torch hub, Hugging Face and JAX caches in tmp_path; HF_HUB_OFFLINE=1 as conftest sets it."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("GOING_MODULAR_CACHE", str(tmp_path / "cache"))
+    hub_settings(monkeypatch, HF_HOME=str(tmp_path / "hf"))
     HITS.clear()
+    yield
+    monkeypatch.undo()
+    importlib.reload(huggingface_hub.constants)
 
 
-def test_torchvision_weights_download_load_and_match_torchvision(server, monkeypatch):
+@pytest.fixture
+def timm_hub(server, monkeypatch, empty_caches):
+    """A random timm ViT-Ti/16, served as the Hub's model.safetensors of TIMM_NAME from 127.0.0.1."""
+    torch.manual_seed(0)
+    reference = randomise_all(timm.create_model("vit_tiny_patch16_224"), std=0.02)
+    FILES[TIMM_PATH] = save_safetensors(reference.state_dict())
+    hub_settings(monkeypatch, HF_ENDPOINT=server, HF_HUB_OFFLINE=None)
+    return reference
+
+
+def torch_hub_checkpoints() -> Path:
+    """Where torch.hub and torchvision keep downloaded weights (under TORCH_HOME, a temporary folder here)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def serve_torchvision_b32(server, monkeypatch, body: bytes, digest: str) -> str:
+    """Serve ``body`` as torchvision's ViT-B/32 weights, named with the SHA-256 prefix ``digest``; return the path."""
+    path = f"/models/vit_b_32-{digest[:8]}.pth"
+    FILES[path] = body
+    monkeypatch.setattr(torchvision.models.ViT_B_32_Weights.IMAGENET1K_V1.value, "url", f"{server}{path}")
+    return path
+
+
+def test_torchvision_weights_download_with_a_progress_bar_load_and_match_torchvision(server, monkeypatch, capsys):
     # ViT-B/32 is torchvision's smallest ViT with weights; the file is served from 127.0.0.1.
-    weights = torchvision.models.ViT_B_32_Weights.IMAGENET1K_V1
     torch.manual_seed(0)
     reference = randomise_all(torchvision.models.vit_b_32(), std=0.02)
     buffer = io.BytesIO()
     torch.save(reference.state_dict(), buffer)
-    FILES["/models/vit_b_32.pth"] = buffer.getvalue()
-    monkeypatch.setattr(weights.value, "url", f"{server}/models/vit_b_32.pth")
+    body = buffer.getvalue()
+    path = serve_torchvision_b32(server, monkeypatch, body, hashlib.sha256(body).hexdigest())
     model, preprocessing = create_vit("B/32", weights="torchvision")
+    assert "100%" in capsys.readouterr().err  # torch.hub's progress bar
     assert preprocessing == ImagePreprocessing(256, 224, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-4)
     assert not model.training
     create_vit("B/32", weights="torchvision:IMAGENET1K_V1")  # cached: no second download
-    assert HITS == ["/models/vit_b_32.pth"]
+    assert HITS == [f"GET {path}"]
+    assert [p.name for p in torch_hub_checkpoints().iterdir()] == [path.rsplit("/", 1)[1]]
 
 
-def test_timm_weights_come_from_the_hub_endpoint_and_match_timm(timm_hub):
+def test_torchvision_weights_failing_their_hash_are_deleted_and_named(server, monkeypatch):
+    path = serve_torchvision_b32(server, monkeypatch, b"not the weights", "0123abcd")
+    cached = torch_hub_checkpoints() / path.rsplit("/", 1)[1]
+    with pytest.raises(
+        DownloadError, match=f"vit_b_32 IMAGENET1K_V1 weights need a download from .* into {cached}, .*corrupt"
+    ):
+        create_vit("B/32", weights="torchvision")
+    assert list(cached.parent.iterdir()) == []  # neither the file nor a .partial: the next call downloads again
+
+
+def test_timm_weights_come_from_the_hub_endpoint_into_the_hugging_face_cache(timm_hub, tmp_path, monkeypatch):
     model, preprocessing = create_vit("Ti/16", weights=TIMM_NAME)
+    weights_requests = [hit for hit in HITS if hit.endswith(TIMM_PATH)]  # the Hub client may ask other things too
+    assert weights_requests == [f"HEAD {TIMM_PATH}", f"GET {TIMM_PATH}"]
+    snapshots = tmp_path / "hf" / "hub" / f"models--timm--{TIMM_NAME}" / "snapshots"
+    assert [p.name for p in snapshots.glob("*/*")] == ["model.safetensors"]
+    hub_settings(monkeypatch, HF_HUB_OFFLINE="1")  # offline, the cached file is used: what timm would use too
+    again, _ = create_vit("Ti/16", weights=TIMM_NAME)
+    assert [hit for hit in HITS if hit.endswith(TIMM_PATH)] == weights_requests  # no request for the weights
+    torch.testing.assert_close(again.state_dict(), model.state_dict(), rtol=0, atol=0)
     assert preprocessing == ImagePreprocessing(248, 224, "bicubic", (0.5,) * 3, (0.5,) * 3)  # crop_pct 0.9
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
@@ -107,10 +178,15 @@ def test_offline_fails_fast_saying_a_download_is_needed(monkeypatch):
     assert time.perf_counter() - start < 5
 
 
-def test_hf_hub_offline_fails_at_once_without_a_cached_file():
-    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE is set"):
+def test_hf_hub_offline_fails_at_once_without_a_cached_file(tmp_path):
+    start = time.perf_counter()
+    message = (
+        f"timm's {TIMM_NAME} weights need a download from https://huggingface.co/timm/{TIMM_NAME}/resolve/main/"
+        f"model.safetensors into the Hugging Face cache {tmp_path / 'hf' / 'hub'}, which failed (HF_HUB_OFFLINE is set)"
+    )
+    with pytest.raises(DownloadError, match=re.escape(message)):
         create_vit("Ti/16", weights=TIMM_NAME)  # conftest sets HF_HUB_OFFLINE=1
-    assert HITS == []
+    assert time.perf_counter() - start < 5 and HITS == []
 
 
 @pytest.mark.parametrize(
@@ -146,7 +222,7 @@ def test_jax_npz_by_url_is_downloaded_once(server, tmp_path):
     FILES["/vit_models/ViT-Ti_16.npz"] = open(path, "rb").read()
     for _ in range(2):
         model, _ = create_vit("Ti/16", weights=f"{server}/vit_models/ViT-Ti_16.npz")
-    assert HITS == ["/vit_models/ViT-Ti_16.npz"] and model.config["num_classes"] == 5
+    assert HITS == ["GET /vit_models/ViT-Ti_16.npz"] and model.config["num_classes"] == 5
 
 
 def test_image_preprocessing_equals_torchvisions_transform():

@@ -40,7 +40,7 @@ from going_modular.resume import (
 )
 from going_modular.train import build_model, main
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # see conftest.py
 
 FLAGS = ["--epochs", "4", "--threads", "1", "--no-progress"]
 COMPARED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr")  # the history but its timings

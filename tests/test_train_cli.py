@@ -79,6 +79,7 @@ def test_build_model_sizes():
         build_model("XL", image_size=8, patch_size=2, in_channels=1, num_classes=10)
 
 
+@pytest.mark.slow
 def test_full_run_in_a_subprocess_writes_its_outputs(tmp_path):
     output = tmp_path / "run"
     env = os.environ | {"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
