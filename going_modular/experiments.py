@@ -248,7 +248,11 @@ class RecordSet:
     def cheapest(self) -> dict:
         """The stored record that took the fewest seconds: the run a chapter re-runs live."""
         if not self.records:
-            raise LookupError(f"{self.path}: no record of experiment {self.experiment.name!r} is stored")
+            raise LookupError(
+                f"{self.path}: no record of experiment {self.experiment.name!r} is stored. The book's records are"
+                " in the repository's results/ (a pip install has none: clone it, or set GOING_MODULAR_RESULTS);"
+                f" or make them here with `vit-experiment run {self.experiment.name}`"
+            )
         return min(self.records, key=lambda r: (r["seconds"], r["id"]))
 
     def where(self, **match: object) -> list[dict]:
