@@ -594,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             record, fresh = reproduce(experiment, results=args.results, id=args.id)
             assert_reproduces(record, fresh["metrics"])
             print(f"{record['id']}: the fresh run equals its record ({fresh['seconds']:.1f} s)")
-    except (KeyError, LookupError, ValueError) as err:  # RecordsError is a ValueError
+    except (LookupError, ValueError) as err:  # KeyError is a LookupError, RecordsError a ValueError
         print(f"vit-experiment: error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
     except AssertionError as err:
