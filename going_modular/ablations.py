@@ -12,6 +12,26 @@ from going_modular.data import DataSplits, create_dataloaders, load_digits_data,
 from going_modular.engine import init_truncated_normal, train
 from going_modular.vit import ViT
 
+__all__ = [
+    "ABLATION_GRID",
+    "DATA_SIZE_GRID",
+    "DIGITS_GRID",
+    "DIGITS_MODEL",
+    "DIGITS_RECIPE",
+    "LEARNING_RATES",
+    "RECIPE",
+    "SEEDS",
+    "TEXTURES_16",
+    "VIT_16",
+    "ViT2DPosition",
+    "build_textures_model",
+    "digits_run",
+    "small_cnn",
+    "subset",
+    "textures_run",
+    "without_position_embedding",
+]
+
 
 # notebooks/12_data_and_ablations.ipynb, cell 4
 def small_cnn(num_classes: int, *, in_channels: int = 3) -> nn.Sequential:

@@ -23,6 +23,28 @@ from going_modular.engine import init_truncated_normal, train
 from going_modular.patches import to_pair
 from going_modular.vit import ViT
 
+__all__ = [
+    "RECIPE",
+    "ROLLOUT_GRID",
+    "TEXTURES_32",
+    "TINY",
+    "attention_rollout",
+    "class_token_map",
+    "embedding_filter_components",
+    "inspect_textures_vit",
+    "mean_attention_distance",
+    "neighbour_similarity",
+    "patch_centres",
+    "patch_coverage",
+    "plot_attention_distance",
+    "plot_filter_components",
+    "plot_position_similarity",
+    "plot_rollout",
+    "position_embedding_similarity",
+    "rollout_run",
+    "train_textures_vit",
+]
+
 
 # notebooks/11_inspecting_vit.ipynb, cell 12
 def _check_maps(maps: Sequence[torch.Tensor]) -> tuple[int, int, int]:

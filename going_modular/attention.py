@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["MultiHeadSelfAttention"]
+
 
 # notebooks/03_attention.ipynb, cell 22
 class MultiHeadSelfAttention(nn.Module):

@@ -9,6 +9,8 @@ from torch import nn
 
 from going_modular.attention import MultiHeadSelfAttention
 
+__all__ = ["DropPath", "EncoderBlock", "MLP"]
+
 
 # notebooks/04_mlp_block.ipynb, cell 7
 class MLP(nn.Module):

@@ -11,6 +11,24 @@ import numpy as np
 
 from going_modular.files import atomic_write
 
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "CONFIG_FILE",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "NEWER_HYPERPARAMETERS",
+    "REQUIRED_MODEL_KEYS",
+    "WEIGHTS_FILE",
+    "checkpoint_folder",
+    "load_model",
+    "load_weights",
+    "read_checkpoint",
+    "read_safetensors",
+    "save_model",
+]
+
+
 # notebooks/A3_checkpoint.ipynb, cell 4
 CHECKPOINT_FORMAT = "going_modular.vit"
 CHECKPOINT_VERSION = 1

@@ -38,6 +38,32 @@ from going_modular.distributed import world
 from going_modular.files import DownloadError, network_timeout
 from going_modular.patches import to_pair
 
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "DIGITS_MAX_VALUE",
+    "DataSplits",
+    "EpochSampler",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Preprocess",
+    "TEXTURE_NAMES",
+    "TEXTURE_PERIOD",
+    "UnreadableImageError",
+    "build_transform",
+    "create_dataloaders",
+    "draw_textured_objects",
+    "get_device",
+    "load_cifar10",
+    "load_digits_data",
+    "load_image_folder",
+    "load_textures_data",
+    "make_preprocessing",
+    "read_image",
+    "set_seed",
+    "stream_seed",
+]
+
 
 # notebooks/A2_data.ipynb, cell 6
 def make_preprocessing(

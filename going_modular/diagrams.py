@@ -14,6 +14,9 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
+__all__ = ["COLORS", "MAX_LAYERS", "MAX_WIDTH", "UNIT", "figure1", "shape_diagram", "side"]
+
+
 # notebooks/A7_diagrams.ipynb, cell 5
 MAX_LAYERS = 6  # a 3-D shape (n, rows, cols) draws at most this many offset rectangles
 COLORS = ("#9ecae1", "#fdae6b", "#a1d99b", "#bcbddc", "#fc9272", "#d9d9d9")

@@ -13,6 +13,21 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+__all__ = [
+    "TORCHRUN_VARIABLES",
+    "any_process",
+    "gather_objects",
+    "is_main_process",
+    "launched_by_torchrun",
+    "replicate",
+    "start_processes",
+    "stop_processes",
+    "sum_over_processes",
+    "wait_for_all",
+    "world",
+]
+
+
 # notebooks/A11_distributed.ipynb, cell 5
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

@@ -13,6 +13,8 @@ from torch import nn
 
 from going_modular.patches import check_images, to_pair
 
+__all__ = ["ConvStem", "PatchEmbedding", "resize_position_embedding"]
+
 
 # notebooks/02_patch_embedding.ipynb, cell 10
 class ConvStem(nn.Sequential):

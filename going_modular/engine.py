@@ -16,6 +16,18 @@ from tqdm import tqdm
 from going_modular.distributed import is_main_process, replicate, sum_over_processes
 from going_modular.resume import load_state_dicts, state_dicts
 
+__all__ = [
+    "AMP_DTYPES",
+    "NonFiniteLossError",
+    "build_optimizer",
+    "build_scheduler",
+    "default_warmup_steps",
+    "evaluate",
+    "init_truncated_normal",
+    "train",
+    "train_one_epoch",
+]
+
 
 # notebooks/08_training.ipynb, cell 9
 def build_optimizer(

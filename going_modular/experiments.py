@@ -42,6 +42,37 @@ from going_modular.data import get_device
 from going_modular.files import atomic_write
 from going_modular.finetune import FINETUNE_GRID, finetune_run
 
+__all__ = [
+    "BOOK_EXPERIMENTS",
+    "EXPERIMENT_MODULES",
+    "Experiment",
+    "PACKAGE_ROOT",
+    "RECORD_KEYS",
+    "RecordSet",
+    "RecordsError",
+    "assert_reproduces",
+    "build_parser",
+    "code_fingerprint",
+    "default_results_dir",
+    "describe",
+    "describe_device",
+    "execute",
+    "experiments",
+    "get_experiment",
+    "load_records",
+    "main",
+    "mean_interval",
+    "paired_difference",
+    "read_records",
+    "reproduce",
+    "run_experiment",
+    "run_id",
+    "store_record",
+    "summary_table",
+    "versions",
+]
+
+
 # notebooks/A12_experiments.ipynb, cell 3
 _TOKEN = re.compile(r"[A-Za-z0-9_.+-]+")
 _NAME = re.compile(r"[a-z][a-z0-9_]*")

@@ -14,6 +14,15 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+__all__ = [
+    "DownloadError",
+    "atomic_write",
+    "download_and_extract",
+    "download_file",
+    "extract_archive",
+    "network_timeout",
+]
+
 
 # notebooks/A1_files.ipynb, cell 5
 def _umask() -> int:

@@ -21,6 +21,27 @@ from going_modular.jax_checkpoint import jax_npz_config, load_jax_npz
 from going_modular.patches import to_pair
 from going_modular.vit import ViT
 
+__all__ = [
+    "DIGITS_VIT",
+    "FINETUNE",
+    "FINETUNE_ARMS",
+    "FINETUNE_GRID",
+    "FIRST_DIGITS",
+    "PRETRAIN",
+    "SECOND_DIGITS",
+    "Task",
+    "adapt",
+    "digits_task",
+    "finetune_digits",
+    "finetune_run",
+    "from_pretrained",
+    "pretrain_digits",
+    "pretrained_config",
+    "replace_head",
+    "set_image_size",
+    "task_loaders",
+]
+
 
 # notebooks/10_fine_tuning.ipynb, cell 4
 def replace_head(model: ViT, num_classes: int) -> ViT:

@@ -17,6 +17,9 @@ from going_modular.embedding import resize_position_embedding
 from going_modular.porting import StateDictMismatchError
 from going_modular.vit import ViT
 
+__all__ = ["JAX_POSITION", "jax_npz_config", "jax_npz_layout", "load_jax_npz"]
+
+
 # notebooks/A9_jax_checkpoints.ipynb, cell 2
 JAX_POSITION = "Transformer/posembed_input/pos_embedding"
 

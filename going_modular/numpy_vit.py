@@ -17,6 +17,23 @@ import numpy as np
 from going_modular.checkpoint import read_checkpoint
 from going_modular.special import erfc
 
+__all__ = [
+    "attention",
+    "convolution_2d",
+    "ffn",
+    "gelu",
+    "layer_norm",
+    "linear",
+    "load_hparams_and_params",
+    "mha",
+    "resize_bicubic",
+    "softmax",
+    "transformer_block",
+    "vit",
+    "vit_embeddings",
+    "vit_interpolation",
+]
+
 
 # notebooks/09_numpy_vit.ipynb, cell 7
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:

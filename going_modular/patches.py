@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+__all__ = ["check_images", "patchify", "to_pair"]
+
 
 # notebooks/01_patches.ipynb, cell 14
 def to_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:

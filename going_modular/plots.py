@@ -15,6 +15,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from going_modular.data import build_transform, read_image
 
+__all__ = [
+    "confusion_matrix",
+    "plot_confusion_matrix",
+    "plot_curves",
+    "plot_image_prediction",
+    "plot_predictions",
+    "predict",
+    "predict_image",
+    "to_displayable",
+]
+
 
 # notebooks/A5_plots.ipynb, cell 5
 def plot_curves(history: dict[str, list[float]]) -> Figure:

@@ -12,6 +12,17 @@ from torch import nn
 
 from going_modular.vit import ViT
 
+__all__ = [
+    "StateDictMismatchError",
+    "TIMM_RULES",
+    "TORCHVISION_RULES",
+    "load_timm_state_dict",
+    "load_torchvision_state_dict",
+    "to_timm_state_dict",
+    "to_torchvision_state_dict",
+]
+
+
 # notebooks/07_real_vit.ipynb, cell 4
 _BLOCK = r"blocks\.(\d+)\."
 _TV_BLOCK = r"encoder.layers.encoder_layer_\1."

@@ -28,6 +28,9 @@ from going_modular.porting import load_timm_state_dict, load_torchvision_state_d
 from going_modular.variants import VIT_VARIANTS
 from going_modular.vit import ViT
 
+__all__ = ["ADJUSTABLE", "ImagePreprocessing", "TIMM_SIZES", "cache_dir", "load_pretrained"]
+
+
 # notebooks/A8_pretrained.ipynb, cell 4
 _log = logging.getLogger(__name__)
 ADJUSTABLE = ("img_size", "num_classes", "drop_rate", "attn_drop_rate", "drop_path_rate")  # the rest: the weights'

@@ -17,6 +17,24 @@ import torch
 from going_modular.distributed import any_process, gather_objects, is_main_process, wait_for_all
 from going_modular.files import atomic_write
 
+__all__ = [
+    "STATE_FORMAT",
+    "STATE_KEYS",
+    "STATE_VERSION",
+    "StopRequest",
+    "StoppableLoader",
+    "TRAINING_STATE_FILE",
+    "TrainingStateError",
+    "TrainingStopped",
+    "load_state_dicts",
+    "read_training_state",
+    "rng_state",
+    "save_training_state",
+    "set_rng_state",
+    "settings_differences",
+    "state_dicts",
+]
+
 
 # notebooks/A10_resume.ipynb, cell 5
 def rng_state(generator: torch.Generator | None = None) -> dict:

@@ -4,6 +4,9 @@
 
 import numpy as np
 
+__all__ = ["ERFC_COEFFS", "erfc"]
+
+
 # notebooks/A6_numpy_details.ipynb, cell 4
 # c_9, ..., c_0 of the erfc fit (Numerical Recipes, section 6.2), highest power first for Horner's rule.
 ERFC_COEFFS = (0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807,

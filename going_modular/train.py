@@ -51,6 +51,31 @@ from going_modular.resume import (
 from going_modular.variants import create_vit
 from going_modular.vit import ViT
 
+__all__ = [
+    "EXECUTION_SETTINGS",
+    "FOLDER_NATIVE",
+    "LR",
+    "MICRO",
+    "MODEL_SIZES",
+    "NATIVE",
+    "WEIGHT_DECAY",
+    "build_model",
+    "build_parser",
+    "checkpoint_metadata",
+    "digits_checkpoint",
+    "fill_defaults",
+    "fit",
+    "image_and_patch_size",
+    "load_data",
+    "main",
+    "prepare",
+    "resume_command",
+    "run",
+    "run_settings",
+    "write_outputs",
+]
+
+
 # notebooks/A4_command_line.ipynb, cell 5
 MODEL_SIZES = ("micro", "Ti", "S", "B", "L", "H")
 MICRO = dict(embed_dim=64, depth=4, num_heads=8, mlp_ratio=2.0)

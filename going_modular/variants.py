@@ -12,6 +12,9 @@ from typing import Any, overload
 from going_modular.patches import to_pair
 from going_modular.vit import ViT
 
+__all__ = ["VIT_VARIANTS", "count_macs", "count_parameters", "create_vit"]
+
+
 # notebooks/06_table1.ipynb, cell 4
 VIT_VARIANTS: dict[str, dict[str, Any]] = {
     "Ti": dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0),  # DeiT (Touvron et al. 2021), not Table 1

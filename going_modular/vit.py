@@ -14,6 +14,8 @@ from going_modular.block import EncoderBlock
 from going_modular.embedding import PatchEmbedding, resize_position_embedding
 from going_modular.patches import to_pair
 
+__all__ = ["ViT"]
+
 
 # notebooks/05_vit.ipynb, cell 16
 class ViT(nn.Module):
