@@ -1,7 +1,7 @@
-"""Time the ViT's default attention path against the path that also returns attention maps.
+"""Time the ViT's forward pass against ``forward_attention``, which also returns the attention maps.
 
-The default path calls F.scaled_dot_product_attention and never builds the (T, T) maps; asking for
-the maps (``return_attention=True``) computes softmax(QK^T / sqrt(D_h)) explicitly. This script
+The forward pass calls F.scaled_dot_product_attention and never builds the (T, T) maps;
+``forward_attention`` computes softmax(QK^T / sqrt(D_h)) of every block explicitly. This script
 prints the measured median forward time of each path and their ratio (no target: it is a report).
 
     python benchmarks/attention_paths.py [--model Ti/16] [--img-size 224] [--batch 8] [--repeats 10]
@@ -30,14 +30,14 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.img_size, args.img_size)
     with torch.no_grad():
         default = median_seconds(lambda: model(x), args.repeats)
-        with_maps = median_seconds(lambda: model(x, return_attention=True), args.repeats)
+        with_maps = median_seconds(lambda: model.forward_attention(x), args.repeats)
     tokens = (args.img_size // model.patch_size[0]) * (args.img_size // model.patch_size[1]) + 1
     print(
         f"ViT-{args.model}, batch {args.batch}, {tokens} tokens, {torch.get_num_threads()} threads, "
         f"device cpu, torch {torch.__version__}"
     )
     print(f"default path (scaled_dot_product_attention): {default * 1e3:8.1f} ms")
-    print(f"return_attention=True (explicit softmax):     {with_maps * 1e3:8.1f} ms")
+    print(f"forward_attention (explicit softmax, maps): {with_maps * 1e3:8.1f} ms")
     print(f"ratio with maps / default: {with_maps / default:.2f}")
 
 

@@ -53,15 +53,14 @@ def build(variant: str, image_size: int, device: torch.device) -> dict[str, nn.M
         for parameter in ours.parameters():
             parameter.add_(0.02 * torch.randn_like(parameter))
     c = ours.config
-    mlp = int(c["embed_dim"] * c["mlp_ratio"])
     theirs = TorchvisionViT(
-        image_size=image_size, patch_size=c["patch_size"], num_layers=c["depth"], num_heads=c["num_heads"],
-        hidden_dim=c["embed_dim"], mlp_dim=mlp, num_classes=1000,
+        image_size=image_size, patch_size=c.patch_size, num_layers=c.depth, num_heads=c.num_heads,
+        hidden_dim=c.embed_dim, mlp_dim=c.mlp_dim, num_classes=1000,
     )  # fmt: skip
     theirs.load_state_dict(to_torchvision_state_dict(ours))
     timm_model = TimmViT(
-        img_size=image_size, patch_size=c["patch_size"], embed_dim=c["embed_dim"], depth=c["depth"],
-        num_heads=c["num_heads"], mlp_ratio=c["mlp_ratio"], num_classes=1000,
+        img_size=image_size, patch_size=c.patch_size, embed_dim=c.embed_dim, depth=c.depth,
+        num_heads=c.num_heads, mlp_ratio=c.mlp_ratio, num_classes=1000,
     )  # fmt: skip
     timm_model.load_state_dict(to_timm_state_dict(ours))
     models = {"going_modular": ours, "torchvision": theirs, "timm": timm_model}
@@ -127,7 +126,7 @@ def measure(
     """One row: the median images/s of each implementation (rounds of about ``seconds`` each), with the
     matmul throughput measured in the same rounds."""
     models = build(variant, image_size, device)
-    forward_flops = 2 * count_macs(**models["going_modular"].config)
+    forward_flops = 2 * count_macs(models["going_modular"].config)
     if compile_models:
         models = {name: torch.compile(model) for name, model in models.items()}
     generator = torch.Generator().manual_seed(1)

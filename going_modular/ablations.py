@@ -4,13 +4,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from going_modular.data import DataSplits, create_dataloaders, load_digits_data, load_textures_data, set_seed
 from going_modular.engine import init_truncated_normal, train
-from going_modular.vit import ViT
+from going_modular.variants import vit_config
+from going_modular.vit import ViT, ViTConfig
 
 __all__ = [
     "ABLATION_GRID",
@@ -63,9 +66,9 @@ class ViT2DPosition(ViT):
     Built for its ``img_size`` only (no resizing to other grids); the class token's position vector is learned.
     """
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        (h, w), d = self.grid_size, self.config["embed_dim"]
+    def __init__(self, config: ViTConfig | None = None, /, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        (h, w), d = self.grid_size, self.config.embed_dim
         del self.position_embedding  # replaced by the property below
         self.row_embedding = nn.Parameter(torch.randn(h, d // 2) * 0.02)  # X
         self.column_embedding = nn.Parameter(torch.randn(w, d - d // 2) * 0.02)  # Y
@@ -86,7 +89,7 @@ class ViT2DPosition(ViT):
 
 # notebooks/12_data_and_ablations.ipynb, cell 8
 TEXTURES_16 = dict(image_size=16, num_train=2000, num_test=500, seed=0)  # the data of every run below
-VIT_16 = dict(img_size=16, patch_size=4, num_classes=4, embed_dim=64, depth=4, num_heads=8, mlp_ratio=2.0)
+VIT_16 = vit_config("Micro/4", img_size=16, num_classes=4)  # D = 64, L = 4, h = 8, P = 4
 RECIPE = dict(epochs=12, lr=1e-3, weight_decay=0.05)  # AdamW, warm-up then cosine decay, clipping at 1
 SEEDS = range(5)
 
@@ -100,7 +103,7 @@ def build_textures_model(model: str = "vit", *, pooling: str = "cls", position: 
             f"expected model 'vit' or 'cnn' and position '1d', '2d' or 'none', got {model!r}, {position!r}"
         )
     global_pool = {"cls": "token", "avg": "avg"}[pooling]
-    vit = init_truncated_normal((ViT2DPosition if position == "2d" else ViT)(**VIT_16, global_pool=global_pool))
+    vit = init_truncated_normal((ViT2DPosition if position == "2d" else ViT)(VIT_16, global_pool=global_pool))
     return without_position_embedding(vit) if position == "none" else vit
 
 
@@ -145,9 +148,7 @@ ABLATION_GRID = tuple(
     for lr in rates
     for seed in SEEDS
 )
-DIGITS_MODEL = dict(
-    img_size=8, patch_size=2, in_channels=1, num_classes=10, embed_dim=64, depth=4, num_heads=8, mlp_ratio=2.0
-)
+DIGITS_MODEL = vit_config("Micro/2", img_size=8, in_channels=1, num_classes=10)  # chapter 8's model
 DIGITS_RECIPE = dict(epochs=20, lr=2e-3, weight_decay=0.05)  # chapter 8's recipe, for all 1,437 training digits
 
 
@@ -160,7 +161,7 @@ def digits_run(config: dict, *, device: torch.device) -> dict:
     set_seed(seed)
     data = digits if images == full else subset(digits, images / full, seed=seed)
     loaders = create_dataloaders(data, batch_size=64, seed=seed, device=device)
-    model = init_truncated_normal(ViT(**DIGITS_MODEL)) if config["model"] == "vit" else small_cnn(10, in_channels=1)
+    model = init_truncated_normal(ViT(DIGITS_MODEL)) if config["model"] == "vit" else small_cnn(10, in_channels=1)
     epochs = round(DIGITS_RECIPE["epochs"] * full / images)
     history = train(model, *loaders, device=device, progress=False, **(DIGITS_RECIPE | {"epochs": epochs}))
     return {

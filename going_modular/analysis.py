@@ -2,7 +2,7 @@
 
 """Inspecting a trained ViT (Section 4.5): Figure 7's three panels and attention rollout (Appendix D.7, D.8).
 
-Attention maps are what ``ViT(..., return_attention=True)`` returns: a list of L tensors (B, h, T, T), T = N + 1
+Attention maps are what ``ViT.forward_attention`` returns: a list of L tensors (B, h, T, T), T = N + 1
 tokens with the class token at index 0 and the N patch tokens in raster order of the (gh, gw) grid.
 """
 
@@ -21,6 +21,7 @@ from going_modular.checkpoint import save_model
 from going_modular.data import DataSplits, create_dataloaders, load_textures_data, set_seed
 from going_modular.engine import init_truncated_normal, train
 from going_modular.patches import to_pair
+from going_modular.variants import vit_config
 from going_modular.vit import ViT
 
 __all__ = [
@@ -243,17 +244,17 @@ def plot_attention_distance(distances: torch.Tensor) -> Figure:
 
 # notebooks/11_inspecting_vit.ipynb, cell 35
 TEXTURES_32 = dict(image_size=32, num_train=2000, num_test=500, seed=0)
-TINY = dict(img_size=32, patch_size=4, in_channels=3, num_classes=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
+TINY = vit_config("Micro/4", img_size=32, num_classes=4, num_heads=4)  # D = 64, L = 4, h = 4
 RECIPE = dict(lr=5e-4, weight_decay=0.05)  # AdamW, warm-up then cosine decay, clipping at 1
 ROLLOUT_GRID = tuple({"epochs": epochs, "seed": seed} for epochs in (3, 12) for seed in range(5))
 
 
 def train_textures_vit(config: dict, data: DataSplits, *, device: torch.device) -> tuple[ViT, float]:
-    """Train ``ViT(**TINY)`` for ``config["epochs"]`` with ``RECIPE``, seeded by ``config["seed"]``:
+    """Train ``ViT(TINY)`` for ``config["epochs"]`` with ``RECIPE``, seeded by ``config["seed"]``:
     (the model in eval mode on the CPU, its final test accuracy)."""
     set_seed(config["seed"])
     loaders = create_dataloaders(data, batch_size=64, seed=config["seed"], device=device)
-    model = init_truncated_normal(ViT(**TINY))
+    model = init_truncated_normal(ViT(TINY))
     history = train(model, *loaders, device=device, progress=False, epochs=config["epochs"], **RECIPE)
     return model.eval().cpu(), history["test_accuracy"][-1]
 
@@ -266,7 +267,7 @@ def inspect_textures_vit(model: ViT, data: DataSplits) -> dict:
     coverage = patch_coverage(masks, model.patch_size)  # (B, gh, gw)
     chance = coverage.mean(dim=(1, 2))  # (B,): the object's share of the image
     with torch.inference_mode():
-        maps = model(images, return_attention=True)[1]
+        maps = model.forward_attention(images)
     on_object = (class_token_map(attention_rollout(maps), model.grid_size) * coverage).sum(dim=(1, 2))  # (B,)
     direct = maps[0][:, :, 0, 1:].mean(dim=1)  # layer 1 alone: the class token's attention to the patches
     first_layer = (direct / direct.sum(-1, keepdim=True)).reshape(coverage.shape) * coverage

@@ -13,7 +13,7 @@ __all__ = ["MultiHeadSelfAttention"]
 
 # notebooks/03_attention.ipynb, cell 22
 class MultiHeadSelfAttention(nn.Module):
-    """Equation 2's MSA: (B, T, D) -> (B, T, D), and the attention weights A (B, h, T, T) when asked."""
+    """Equation 2's MSA: (B, T, D) -> (B, T, D); ``attention_weights`` gives its maps A (B, h, T, T)."""
 
     def __init__(
         self,
@@ -36,15 +36,19 @@ class MultiHeadSelfAttention(nn.Module):
         self.proj = nn.Linear(embed_dim, embed_dim)  # U_msa
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, D) -> q, k, v of every head, each (B, h, T, D_h)."""
+        b, t, _ = x.shape
+        return self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """A = softmax(q k^T / sqrt(D_h)) of every head, without dropout: (B, T, D) -> (B, h, T, T)."""
+        q, k, _ = self.split_heads(x)
+        return (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, h, T, D_h)
-        drop = self.attn_drop if self.training else 0.0
-        if need_weights:
-            weights = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)  # A: (B, h, T, T)
-            out = F.dropout(weights, drop) @ v
-        else:
-            weights = None
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        q, k, v = self.split_heads(x)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         out = out.transpose(1, 2).reshape(b, t, d)  # concatenate the heads
-        return self.proj_drop(self.proj(out)), weights
+        return self.proj_drop(self.proj(out))

@@ -73,8 +73,6 @@ class EncoderBlock(nn.Module):
         self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio), drop=drop, gelu_approximate=gelu_approximate)
         self.drop_path2 = DropPath(p=drop_path)
 
-    def forward(self, z: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, weights = self.msa(self.ln_1(z), need_weights)
-        z = z + self.drop_path1(attended)  # Equation 2: z'_l
-        z = z + self.drop_path2(self.mlp(self.ln_2(z)))  # Equation 3: z_l
-        return z, weights
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z + self.drop_path1(self.msa(self.ln_1(z)))  # Equation 2: z'_l
+        return z + self.drop_path2(self.mlp(self.ln_2(z)))  # Equation 3: z_l

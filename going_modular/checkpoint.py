@@ -20,6 +20,7 @@ __all__ = [
     "NEWER_HYPERPARAMETERS",
     "REQUIRED_MODEL_KEYS",
     "WEIGHTS_FILE",
+    "checkpoint_config",
     "checkpoint_folder",
     "load_model",
     "load_weights",
@@ -144,16 +145,23 @@ def save_model(model, path: str | os.PathLike, metadata: dict) -> Path:
     import torch
     from safetensors.torch import save_file
 
+    from going_modular.vit import ViT
+
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-    if not isinstance(getattr(model, "config", None), dict):
-        raise TypeError(f"expected a going_modular ViT with a .config dict, got {type(model).__name__}")
+    if not isinstance(model, ViT):
+        raise TypeError(f"expected a going_modular ViT, got {type(model).__name__}")
     missing = [key for key in ("class_names", "preprocessing") if key not in metadata]
     if missing:
         raise ValueError(f"metadata must include 'class_names' and 'preprocessing'; missing {missing}")
-    names, classes = metadata["class_names"], model.config["num_classes"]
+    names, classes = metadata["class_names"], model.config.num_classes
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) != classes:
         raise ValueError(f"class_names must be a list of {classes} str, got {names!r}")
-    document = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model.config, "metadata": metadata}
+    document = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": model.config.to_dict(),
+        "metadata": metadata,
+    }
     text = json.dumps(document, indent=2)  # raises TypeError before anything is written
     tensors = {
         name: (t.detach().to("cpu", torch.float32) if t.is_floating_point() else t.detach().cpu()).contiguous()
@@ -171,7 +179,7 @@ def load_weights(model, path: str | os.PathLike) -> dict:
 
     model = getattr(model, "_orig_mod", model)
     document, arrays = read_checkpoint(path)
-    current = json.loads(json.dumps(getattr(model, "config", {})))  # tuples -> lists
+    current = model.config.to_dict()
     saved = {key: value for key, value in NEWER_HYPERPARAMETERS.items() if key in current} | document["model"]
     problems = [
         f"hyperparameter {key}: checkpoint {saved.get(key)!r}, model {current.get(key)!r}"
@@ -192,11 +200,21 @@ def load_weights(model, path: str | os.PathLike) -> dict:
     return document["metadata"]
 
 
+def checkpoint_config(path: str | os.PathLike):
+    """The ``ViTConfig`` a checkpoint describes; a CheckpointError naming config.json if the config refuses it."""
+    from going_modular.vit import ViTConfig
+
+    document, _ = read_checkpoint(path)
+    try:
+        return ViTConfig(**document["model"])
+    except (TypeError, ValueError) as err:  # an unknown field, or an impossible combination
+        raise CheckpointError(f"{checkpoint_folder(path) / CONFIG_FILE}: 'model' is no valid ViTConfig: {err}") from err
+
+
 def load_model(path: str | os.PathLike, *, device="cpu") -> tuple:
     """(the ViT a checkpoint describes with its weights loaded, in eval mode on ``device``; its metadata)."""
     from going_modular.vit import ViT
 
-    document, _ = read_checkpoint(path)
-    model = ViT(**document["model"])
+    model = ViT(checkpoint_config(path))
     metadata = load_weights(model, path)
     return model.to(device).eval(), metadata

@@ -15,7 +15,7 @@ from torch import nn
 
 from going_modular.embedding import resize_position_embedding
 from going_modular.porting import StateDictMismatchError
-from going_modular.vit import ViT
+from going_modular.vit import ViT, ViTConfig
 
 __all__ = ["JAX_POSITION", "jax_npz_config", "jax_npz_layout", "load_jax_npz"]
 
@@ -33,27 +33,27 @@ def _block_keys(i: int) -> tuple[str, str]:
 def jax_npz_layout(model: ViT) -> dict[str, tuple[int, ...]]:
     """The keys and shapes of an original JAX checkpoint (.npz) of ``model``'s configuration."""
     c = model.config
-    d, h, m = c["embed_dim"], c["num_heads"], int(c["embed_dim"] * c["mlp_ratio"])
+    d, h, m = c.embed_dim, c.num_heads, c.mlp_dim
     (ph, pw), (gh, gw) = model.patch_size, model.grid_size
-    layout = {"embedding/kernel": (ph, pw, c["in_channels"], d), "embedding/bias": (d,), "cls": (1, 1, d)}
+    layout = {"embedding/kernel": (ph, pw, c.in_channels, d), "embedding/bias": (d,), "cls": (1, 1, d)}
     layout[JAX_POSITION] = (1, 1 + gh * gw, d)
-    for i in range(c["depth"]):
+    for i in range(c.depth):
         block, attention = _block_keys(i)
         for name in ("LayerNorm_0", "LayerNorm_2"):
             layout |= {f"{block}{name}/scale": (d,), f"{block}{name}/bias": (d,)}
         for name in ("query", "key", "value"):
             layout[f"{attention}{name}/kernel"] = (d, h, d // h)
-            if c["qkv_bias"]:
+            if c.qkv_bias:
                 layout[f"{attention}{name}/bias"] = (h, d // h)
         layout |= {f"{attention}out/kernel": (h, d // h, d), f"{attention}out/bias": (d,)}
         layout |= {f"{block}MlpBlock_3/Dense_0/kernel": (d, m), f"{block}MlpBlock_3/Dense_0/bias": (m,)}
         layout |= {f"{block}MlpBlock_3/Dense_1/kernel": (m, d), f"{block}MlpBlock_3/Dense_1/bias": (d,)}
     layout |= {"Transformer/encoder_norm/scale": (d,), "Transformer/encoder_norm/bias": (d,)}
-    features = c["representation_size"] or d
-    if c["representation_size"]:
+    features = c.representation_size or d
+    if c.representation_size:
         layout |= {"pre_logits/kernel": (d, features), "pre_logits/bias": (features,)}
-    if c["num_classes"]:
-        layout |= {"head/kernel": (features, c["num_classes"]), "head/bias": (c["num_classes"],)}
+    if c.num_classes:
+        layout |= {"head/kernel": (features, c.num_classes), "head/bias": (c.num_classes,)}
     return layout
 
 
@@ -65,8 +65,8 @@ def _open_npz(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
     return np.load(path, allow_pickle=False)
 
 
-def jax_npz_config(path: str | os.PathLike) -> dict:
-    """ViT keyword arguments for an original JAX checkpoint, read off its shapes (the tanh GELU included)."""
+def jax_npz_config(path: str | os.PathLike) -> ViTConfig:
+    """The ViTConfig of an original JAX checkpoint, read off its shapes (the tanh GELU included)."""
     with _open_npz(path) as npz:
         if "embedding/kernel" not in npz.files or JAX_POSITION not in npz.files:
             raise ValueError(f"{path} is not a JAX ViT checkpoint: it lacks 'embedding/kernel' or {JAX_POSITION!r}")
@@ -75,19 +75,22 @@ def jax_npz_config(path: str | os.PathLike) -> dict:
         heads = npz[f"{attention}query/kernel"].shape[1]
         depth = sum(1 for key in npz.files if key.endswith("/LayerNorm_0/scale"))
         grid = math.isqrt(npz[JAX_POSITION].shape[1] - 1)
-        return dict(
-            img_size=grid * ph,
-            patch_size=ph if ph == pw else [ph, pw],
-            in_channels=channels,
-            num_classes=npz["head/bias"].shape[0] if "head/bias" in npz.files else 0,
-            embed_dim=d,
-            depth=depth,
-            num_heads=heads,
-            mlp_ratio=npz["Transformer/encoderblock_0/MlpBlock_3/Dense_0/bias"].shape[0] / d,
-            qkv_bias=f"{attention}query/bias" in npz.files,
-            representation_size=npz["pre_logits/bias"].shape[0] if "pre_logits/bias" in npz.files else None,
-            gelu_approximate="tanh",
-        )
+        try:
+            return ViTConfig(
+                img_size=grid * ph,
+                patch_size=(ph, pw),
+                in_channels=channels,
+                num_classes=npz["head/bias"].shape[0] if "head/bias" in npz.files else 0,
+                embed_dim=d,
+                depth=depth,
+                num_heads=heads,
+                mlp_ratio=npz["Transformer/encoderblock_0/MlpBlock_3/Dense_0/bias"].shape[0] / d,
+                qkv_bias=f"{attention}query/bias" in npz.files,
+                representation_size=npz["pre_logits/bias"].shape[0] if "pre_logits/bias" in npz.files else None,
+                gelu_approximate="tanh",
+            )
+        except ValueError as err:
+            raise ValueError(f"{path}: its shapes describe no valid ViT: {err}") from err
 
 
 def load_jax_npz(model: ViT, path: str | os.PathLike) -> ViT:
@@ -100,7 +103,7 @@ def load_jax_npz(model: ViT, path: str | os.PathLike) -> ViT:
     layout = jax_npz_layout(model)
     with _open_npz(path) as npz:
         arrays = {key: npz[key] for key in npz.files}
-    d = model.config["embed_dim"]
+    d = model.config.embed_dim
     position = arrays.get(JAX_POSITION, np.empty(0))
     grid = math.isqrt(position.shape[1] - 1) if position.ndim == 3 and position.shape[1] > 1 else 0
     resizable = grid > 0 and position.shape == (1, 1 + grid * grid, d)  # a square grid of another size
@@ -113,7 +116,7 @@ def load_jax_npz(model: ViT, path: str | os.PathLike) -> ViT:
     ]
     if missing or unexpected or mismatched:
         raise StateDictMismatchError(f"JAX checkpoint {str(path)!r}", missing, unexpected, mismatched)
-    if model.config["gelu_approximate"] != "tanh":
+    if model.config.gelu_approximate != "tanh":
         warnings.warn(
             "the original JAX checkpoints were trained with the tanh GELU; this model uses the exact one, so its "
             "outputs differ slightly: build it with gelu_approximate='tanh' (jax_npz_config does)",
@@ -135,20 +138,20 @@ def load_jax_npz(model: ViT, path: str | os.PathLike) -> ViT:
         "class_token": tensor("cls"),
         "position_embedding": resize_position_embedding(tensor(JAX_POSITION), (grid, grid), model.grid_size),
     }
-    for i in range(model.config["depth"]):
+    for i in range(model.config.depth):
         block, attention = _block_keys(i)
         qkv = ("query", "key", "value")
         state[f"blocks.{i}.msa.qkv.weight"] = torch.cat([tensor(f"{attention}{n}/kernel").reshape(d, d).T for n in qkv])
-        if model.config["qkv_bias"]:
+        if model.config.qkv_bias:
             state[f"blocks.{i}.msa.qkv.bias"] = torch.cat([tensor(f"{attention}{n}/bias").reshape(d) for n in qkv])
         state |= linear(f"blocks.{i}.msa.proj", f"{attention}out")
         state |= norm(f"blocks.{i}.ln_1", f"{block}LayerNorm_0") | norm(f"blocks.{i}.ln_2", f"{block}LayerNorm_2")
         state |= linear(f"blocks.{i}.mlp.fc1", f"{block}MlpBlock_3/Dense_0")
         state |= linear(f"blocks.{i}.mlp.fc2", f"{block}MlpBlock_3/Dense_1")
     state |= norm("ln", "Transformer/encoder_norm")
-    if model.config["representation_size"]:
+    if model.config.representation_size:
         state |= linear("pre_logits.fc", "pre_logits")
-    if model.config["num_classes"]:
+    if model.config.num_classes:
         state |= linear("head", "head")
     model.load_state_dict(state)
     return model

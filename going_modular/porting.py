@@ -74,7 +74,7 @@ def _rename(key: str, rules: list[tuple[str, str]], source: str) -> str:
 
 def _torchvision_name(key: str, model: ViT) -> str:
     """Our state-dict name -> torchvision's, including the layers of a convolutional stem."""
-    if model.config["global_pool"] != "token":
+    if model.config.global_pool != "token":
         raise ValueError("torchvision's ViT reads the class token; this model pools the patches (global_pool='avg')")
     stem = re.match(r"patch_embedding\.proj\.(\d+)\.(.+)$", key)
     if stem is None:

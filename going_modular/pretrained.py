@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +26,8 @@ from going_modular.files import DownloadError, download_file
 from going_modular.finetune import adapt
 from going_modular.jax_checkpoint import jax_npz_config, load_jax_npz
 from going_modular.porting import load_timm_state_dict, load_torchvision_state_dict
-from going_modular.variants import VIT_VARIANTS
-from going_modular.vit import ViT
+from going_modular.variants import VIT_VARIANTS, create_vit, parse_variant
+from going_modular.vit import ViT, ViTConfig
 
 __all__ = ["ADJUSTABLE", "ImagePreprocessing", "TIMM_SIZES", "cache_dir", "load_pretrained"]
 
@@ -135,8 +136,8 @@ def _timm(size: str, patch: int, name: str, timeout: float) -> tuple[dict, dict,
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError as err:  # an unknown tag
         raise ValueError(str(err)) from None
-    expected = {value: key for key, value in TIMM_SIZES.items()}[size]
-    if cfg is None or not re.fullmatch(rf"vit_{expected}_patch{patch}_\d+", cfg.architecture):
+    expected = {value: key for key, value in TIMM_SIZES.items()}.get(size)
+    if cfg is None or expected is None or not re.fullmatch(rf"vit_{expected}_patch{patch}_\d+", cfg.architecture):
         raise ValueError(f"{name!r} is not a timm name of ViT-{size}/{patch} weights (vit_{expected}_patch{patch}_*)")
     crop = cfg.input_size[-1]
     preprocessing = ImagePreprocessing(math.floor(crop / cfg.crop_pct), crop, cfg.interpolation, cfg.mean, cfg.std)
@@ -152,48 +153,49 @@ def _timm(size: str, patch: int, name: str, timeout: float) -> tuple[dict, dict,
     return dict(img_size=crop, num_classes=cfg.num_classes), state_dict, preprocessing
 
 
-def _jax(size: str, patch: int, source: str, timeout: float) -> tuple[dict, Path, ImagePreprocessing]:
+def _jax(size: str, patch: int, source: str, timeout: float) -> tuple[ViTConfig, Path, ImagePreprocessing]:
     path = Path(source)
     if source.startswith(("http://", "https://")):
         path = _fetch(source, cache_dir() / "jax" / Path(source).name, what=f"{Path(source).name}", timeout=timeout)
     config = jax_npz_config(path)
     wanted = {**VIT_VARIANTS[size], "patch_size": patch}
-    differs = {key: config[key] for key in wanted if config[key] != wanted[key]}
+    differs = {key: getattr(config, key) for key in wanted if getattr(config, key) != wanted[key]}
     if differs:
         raise ValueError(f"{path} holds another architecture than ViT-{size}/{patch}: {differs}")
-    img = config["img_size"]
+    img = config.img_size
     _log.warning("%s: the original JAX checkpoints use the tanh GELU; so does this model", path.name)
     return config, path, ImagePreprocessing((img, img), img, "bilinear", (0.5,) * 3, (0.5,) * 3)
 
 
 # notebooks/A8_pretrained.ipynb, cell 12
 def load_pretrained(
-    size: str, patch: int, weights: str | os.PathLike, *, timeout: float = 10.0, **kwargs
+    name: str, weights: str | os.PathLike, *, timeout: float = 10.0, **overrides: Any
 ) -> tuple[ViT, ImagePreprocessing]:
-    """ViT-``size``/``patch`` with pretrained ``weights``, and the preprocessing they expect.
+    """The variant ``name`` (e.g. "B/16") with pretrained ``weights``, and the preprocessing they expect.
 
     ``weights``: "torchvision" (or "torchvision:TAG", e.g. "torchvision:IMAGENET1K_SWAG_E2E_V1"), a
     timm name ("vit_base_patch16_224.augreg2_in21k_ft_in1k"), or the path or URL of an original JAX
-    ``.npz``. ``kwargs`` may set ``ADJUSTABLE`` only: another ``img_size`` resizes E_pos in 2-D, another
+    ``.npz``. ``overrides`` may set ``ADJUSTABLE`` only: another ``img_size`` resizes E_pos in 2-D, another
     ``num_classes`` puts a zero-initialised head in place (§3.2).
     """
-    if size not in VIT_VARIANTS:
-        raise ValueError(f"size must be one of {list(VIT_VARIANTS)}, got {size!r}")
-    fixed = sorted(set(kwargs) - set(ADJUSTABLE))
+    size, patch = parse_variant(name)
+    fixed = sorted(set(overrides) - set(ADJUSTABLE))
     if fixed:
         raise ValueError(f"pretrained weights fix {fixed}; only {list(ADJUSTABLE)} can be set")
-    if not isinstance(kwargs.get("img_size", 0), int):
-        raise ValueError(f"img_size must be an int (square images) for pretrained weights, got {kwargs['img_size']!r}")
+    if not isinstance(overrides.get("img_size", 0), int):
+        raise ValueError(
+            f"img_size must be an int (square images) for pretrained weights, got {overrides['img_size']!r}"
+        )
     weights = str(weights)
-    rates = {key: kwargs[key] for key in ADJUSTABLE[2:] if key in kwargs}
+    rates = {key: overrides[key] for key in ADJUSTABLE[2:] if key in overrides}
     if weights == "torchvision" or weights.startswith("torchvision:"):
-        config, state_dict, preprocessing = _torchvision(size, patch, weights.partition(":")[2] or "DEFAULT", timeout)
-        model = load_torchvision_state_dict(ViT(**VIT_VARIANTS[size], patch_size=patch, **config, **rates), state_dict)
+        fields, state_dict, preprocessing = _torchvision(size, patch, weights.partition(":")[2] or "DEFAULT", timeout)
+        model = load_torchvision_state_dict(create_vit(name, **fields, **rates), state_dict)
     elif weights.endswith(".npz"):
         config, path, preprocessing = _jax(size, patch, weights, timeout)
-        model = load_jax_npz(ViT(**config | rates), path)
+        model = load_jax_npz(ViT(config, **rates), path)
     else:
-        config, state_dict, preprocessing = _timm(size, patch, weights.removeprefix("timm:"), timeout)
-        model = load_timm_state_dict(ViT(**VIT_VARIANTS[size], patch_size=patch, **config, **rates), state_dict)
-    adapt(model, img_size=kwargs.get("img_size"), num_classes=kwargs.get("num_classes"))
-    return model.eval(), preprocessing.at(model.config["img_size"])
+        fields, state_dict, preprocessing = _timm(size, patch, weights.removeprefix("timm:"), timeout)
+        model = load_timm_state_dict(create_vit(name, **fields, **rates), state_dict)
+    adapt(model, img_size=overrides.get("img_size"), num_classes=overrides.get("num_classes"))
+    return model.eval(), preprocessing.at(model.config.img_size)

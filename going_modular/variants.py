@@ -4,15 +4,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Sequence
-from typing import Any, overload
+from typing import Any
 
 from going_modular.patches import to_pair
-from going_modular.vit import ViT
+from going_modular.vit import ViT, ViTConfig
 
-__all__ = ["VIT_VARIANTS", "count_macs", "count_parameters", "create_vit"]
+__all__ = ["VIT_VARIANTS", "count_macs", "count_parameters", "create_vit", "parse_variant", "vit_config"]
 
 
 # notebooks/06_table1.ipynb, cell 4
@@ -22,82 +20,71 @@ VIT_VARIANTS: dict[str, dict[str, Any]] = {
     "B": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),  # Table 1
     "L": dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0),  # Table 1
     "H": dict(embed_dim=1280, depth=32, num_heads=16, mlp_ratio=4.0),  # Table 1
+    "Micro": dict(embed_dim=64, depth=4, num_heads=8, mlp_ratio=2.0),  # this book's CPU-sized model
 }
 
 
-@overload
-def create_vit(name: str = "B/16", *, weights: None = None, **kwargs: Any) -> ViT: ...
-@overload
-def create_vit(name: str = "B/16", *, weights: str | os.PathLike, **kwargs: Any) -> tuple[ViT, Any]: ...
-
-
-def create_vit(name: str = "B/16", *, weights: str | os.PathLike | None = None, **kwargs: Any):
-    """Build a Table 1 variant by name, e.g. ``"B/16"``, ``"ViT-L/32"`` or ``"vit_h_14"``.
-
-    Keyword arguments override the variant's and ViT's defaults (num_classes, img_size, ...). With
-    ``weights`` ("torchvision", a timm name, or an original JAX ``.npz``) it returns the pretrained model
-    and the preprocessing its weights expect: ``(model, preprocessing)``, see ``going_modular.pretrained``.
-    """
-    match = re.fullmatch(r"(?:vit[-_])?(ti|s|b|l|h)[/_](\d+)", name.strip().lower())
+def parse_variant(name: str) -> tuple[str, int]:
+    """A variant's size and patch size P from its name: ``"B/16"``, ``"ViT-B/16"``, ``"vit_b_16"`` -> ("B", 16)."""
+    sizes = {size.lower(): size for size in VIT_VARIANTS}
+    match = (
+        re.fullmatch(rf"(?:vit[-_])?({'|'.join(sizes)})[/_](\d+)", name.strip().lower())
+        if isinstance(name, str)
+        else None
+    )
     if match is None:
         known = ", ".join(f"{size}/P" for size in VIT_VARIANTS)
         raise ValueError(f"unknown ViT variant {name!r}: expected one of {known} with a patch size P, e.g. 'B/16'")
-    size, patch = {key.lower(): key for key in VIT_VARIANTS}[match.group(1)], int(match.group(2))
-    if weights is not None:
-        from going_modular.pretrained import load_pretrained  # the appendix's downloads, only when asked for
+    return sizes[match.group(1)], int(match.group(2))
 
-        return load_pretrained(size, patch, weights, **kwargs)
-    return ViT(**{**VIT_VARIANTS[size], "patch_size": patch, **kwargs})
+
+def vit_config(name: str = "B/16", **overrides: Any) -> ViTConfig:
+    """The configuration of a variant by name, e.g. ``"B/16"``, ``"ViT-L/32"`` or ``"Micro/2"``.
+
+    Keyword arguments override the variant's and ``ViTConfig``'s fields (num_classes, img_size, ...).
+    """
+    size, patch = parse_variant(name)
+    return ViTConfig(**{**VIT_VARIANTS[size], "patch_size": patch, **overrides})
+
+
+def create_vit(name: str = "B/16", **overrides: Any) -> ViT:
+    """A variant with fresh weights, e.g. ``create_vit("B/16", num_classes=10)``: ``ViT(vit_config(name, ...))``.
+
+    Pretrained weights: ``going_modular.pretrained.load_pretrained(name, weights)``.
+    """
+    return ViT(vit_config(name, **overrides))
 
 
 # notebooks/06_table1.ipynb, cell 8
-def count_parameters(
-    img_size: int | Sequence[int] = 224,
-    patch_size: int | Sequence[int] = 16,
-    in_channels: int = 3,
-    num_classes: int = 1000,
-    embed_dim: int = 768,
-    depth: int = 12,
-    mlp_ratio: float = 4.0,
-    qkv_bias: bool = True,
-    representation_size: int | None = None,
-    conv_stem: bool = False,
-    **unused: Any,
-) -> int:
-    """The number of parameters of a ViT in closed form; takes ``**model.config``."""
-    if conv_stem:
-        raise ValueError("the closed form covers the patchify projection only, got conv_stem=True")
-    (h, w), (ph, pw) = to_pair(img_size, "img_size"), to_pair(patch_size, "patch_size")
-    d, m, n = embed_dim, int(embed_dim * mlp_ratio), (h // ph) * (w // pw)
-    embedding = (in_channels * ph * pw * d + d) + d + (n + 1) * d  # E and its bias, x_class, E_pos
-    block = 4 * d * d + 2 * d * m + 9 * d + m - (0 if qkv_bias else 3 * d)
-    features, pre_logits = (
-        (representation_size, d * representation_size + representation_size) if representation_size else (d, 0)
-    )
-    head = features * num_classes + num_classes if num_classes else 0
-    return embedding + depth * block + 2 * d + pre_logits + head
+def _checked(config: ViTConfig, what: str) -> ViTConfig:
+    if not isinstance(config, ViTConfig):
+        raise TypeError(f"{what} takes a ViTConfig (model.config, vit_config(name)), got {type(config).__name__}")
+    if config.conv_stem:
+        raise ValueError(f"{what}'s closed form covers the patchify projection only, got conv_stem=True")
+    return config
+
+
+def count_parameters(config: ViTConfig) -> int:
+    """The number of parameters of the ViT of ``config``, in closed form."""
+    c = _checked(config, "count_parameters")
+    (ph, pw), (gh, gw) = to_pair(c.patch_size, "patch_size"), c.grid_size
+    d, m, n = c.embed_dim, c.mlp_dim, gh * gw
+    embedding = (c.in_channels * ph * pw * d + d) + d + (n + 1) * d  # E and its bias, x_class, E_pos
+    block = 4 * d * d + 2 * d * m + 9 * d + m - (0 if c.qkv_bias else 3 * d)
+    r = c.representation_size
+    features, pre_logits = (r, d * r + r) if r else (d, 0)
+    head = features * c.num_classes + c.num_classes if c.num_classes else 0
+    return embedding + c.depth * block + 2 * d + pre_logits + head
 
 
 # notebooks/06_table1.ipynb, cell 15
-def count_macs(
-    img_size: int | Sequence[int] = 224,
-    patch_size: int | Sequence[int] = 16,
-    in_channels: int = 3,
-    num_classes: int = 1000,
-    embed_dim: int = 768,
-    depth: int = 12,
-    mlp_ratio: float = 4.0,
-    representation_size: int | None = None,
-    conv_stem: bool = False,
-    **unused: Any,
-) -> int:
-    """Multiply-accumulates of one forward pass for one image (matrix products only); takes ``**model.config``."""
-    if conv_stem:
-        raise ValueError("count_macs covers the patchify projection only, got conv_stem=True")
-    (h, w), (ph, pw) = to_pair(img_size, "img_size"), to_pair(patch_size, "patch_size")
-    d, m, n = embed_dim, int(embed_dim * mlp_ratio), (h // ph) * (w // pw)
+def count_macs(config: ViTConfig) -> int:
+    """Multiply-accumulates of one forward pass of the ViT of ``config`` for one image (matrix products only)."""
+    c = _checked(config, "count_macs")
+    (ph, pw), (gh, gw) = to_pair(c.patch_size, "patch_size"), c.grid_size
+    d, m, n = c.embed_dim, c.mlp_dim, gh * gw
     t = n + 1
     block = 4 * t * d * d + 2 * t * t * d + 2 * t * d * m
-    features = representation_size or d
-    head = (d * representation_size if representation_size else 0) + features * num_classes
-    return n * in_channels * ph * pw * d + depth * block + head
+    r = c.representation_size
+    head = (d * r if r else 0) + (r or d) * c.num_classes
+    return n * c.in_channels * ph * pw * d + c.depth * block + head

@@ -200,7 +200,7 @@ def test_class_token_map_and_patch_coverage():
 
 def test_plots_return_figures():
     model = tiny_vit()
-    _, maps = model(torch.randn(2, 3, 8, 8), return_attention=True)
+    maps = model.forward_attention(torch.randn(2, 3, 8, 8))
     figures = [
         plot_filter_components(embedding_filter_components(model, k=5)),
         plot_position_similarity(position_embedding_similarity(model)),

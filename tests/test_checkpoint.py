@@ -61,7 +61,12 @@ def test_checkpoint_files_follow_the_contract(tmp_path):
     model = randomise_all(tiny_vit(), 0.5, replace=True)
     path = save_model(model, tmp_path / "ckpt", metadata())
     document = json.loads((path / CONFIG_FILE).read_text())
-    assert document == {"format": "going_modular.vit", "version": 1, "model": model.config, "metadata": metadata()}
+    assert document == {
+        "format": "going_modular.vit",
+        "version": 1,
+        "model": model.config.to_dict(),
+        "metadata": metadata(),
+    }
     tensors = load_file(path / WEIGHTS_FILE)
     assert tensors.keys() == model.state_dict().keys()
     assert all(t.dtype == torch.float32 for t in tensors.values())
@@ -91,7 +96,7 @@ def test_saving_again_replaces_the_checkpoint(tmp_path):
     save_model(randomise_all(tiny_vit(), 0.5, replace=True), tmp_path / "ckpt", metadata())
     save_model(randomise_all(tiny_vit(depth=1), 0.5, replace=True), tmp_path / "ckpt", metadata())
     loaded, _ = load_model(tmp_path / "ckpt")
-    assert loaded.config["depth"] == 1
+    assert loaded.config.depth == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
@@ -143,8 +148,8 @@ def test_bad_saves_write_nothing(tmp_path, bad_metadata, error, message):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_only_models_with_a_config_can_be_saved(tmp_path):
-    with pytest.raises(TypeError, match="config"):
+def test_only_going_modular_vits_can_be_saved(tmp_path):
+    with pytest.raises(TypeError, match="expected a going_modular ViT, got Linear"):
         save_model(torch.nn.Linear(2, 2), tmp_path / "ckpt", metadata())
 
 
@@ -178,6 +183,21 @@ def test_invalid_configs_are_refused_by_every_loader(checkpoint, edit, message):
     for load in (read_checkpoint, load_model, lambda p: load_weights(tiny_vit(), p)):
         with pytest.raises(CheckpointError, match=message):
             load(checkpoint)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["model"].update(em9ed_dim=64), "unexpected keyword argument 'em9ed_dim'"),  # a corrupted key
+        (lambda d: d["model"].update(num_heads=5), "embed_dim must be divisible by num_heads"),
+        (lambda d: d["model"].update(drop_rate=-1), "drop_rate must be in"),
+        (lambda d: d["model"].update(global_pool="max"), "global_pool must be"),
+    ],
+)
+def test_configs_that_vitconfig_refuses_are_checkpoint_errors_naming_the_file(checkpoint, edit, message):
+    edit_config(checkpoint, edit)
+    with pytest.raises(CheckpointError, match=f"{CONFIG_FILE}: 'model' is no valid ViTConfig: .*{message}"):
+        load_model(checkpoint)
 
 
 def test_malformed_json_is_refused(checkpoint):
@@ -222,13 +242,33 @@ def test_global_pool_is_saved_and_older_checkpoints_mean_the_class_token(tmp_pat
     folder = save_model(pooled, tmp_path / "avg", metadata())
     model, _ = load_model(folder)
     x = torch.randn(2, 1, 8, 8)
-    assert model.config["global_pool"] == "avg"
+    assert model.config.global_pool == "avg"
     torch.testing.assert_close(model(x), pooled.eval()(x))
     # A checkpoint written before global_pool existed: its config has no such key, and it means "token".
     token = save_model(tiny_vit(), tmp_path / "old", metadata())
     config = json.loads((token / CONFIG_FILE).read_text())
     del config["model"]["global_pool"]
     (token / CONFIG_FILE).write_text(json.dumps(config))
-    assert load_model(token)[0].config["global_pool"] == "token"
+    assert load_model(token)[0].config.global_pool == "token"
     with pytest.raises(CheckpointMismatchError, match="hyperparameter global_pool: checkpoint 'token', model 'avg'"):
         load_weights(tiny_vit(global_pool="avg"), token)
+
+
+def test_mutated_config_json_loads_or_is_a_checkpoint_error(checkpoint):
+    """500 seeded one-character mutations of config.json (keys, values, syntax): none may escape as a bare
+    TypeError or KeyError from inside the model; each either loads or is a CheckpointError naming the file."""
+    original = (checkpoint / CONFIG_FILE).read_text()
+    rng = np.random.default_rng(0)
+    alphabet = 'abcdefghijklmnopqrstuvwxyz_0123456789.-"{}[],: '
+    outcomes = {"loaded": 0, "refused": 0}
+    for _ in range(500):
+        text = list(original)
+        text[rng.integers(len(text))] = alphabet[rng.integers(len(alphabet))]
+        (checkpoint / CONFIG_FILE).write_text("".join(text))
+        try:
+            load_model(checkpoint)
+            outcomes["loaded"] += 1
+        except CheckpointError as err:
+            assert CONFIG_FILE in str(err) or WEIGHTS_FILE in str(err) or "checkpoint" in str(err), err
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 100 and outcomes["loaded"] > 10, outcomes  # both kinds of mutation were drawn

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from conftest import randomise_all
 from going_modular.checkpoint import save_model
-from going_modular.finetune import from_pretrained, pretrained_config, replace_head, set_image_size
+from going_modular.finetune import adapt, from_pretrained, pretrained_config
 from going_modular.vit import ViT
 
 
@@ -16,36 +16,36 @@ def small(**overrides) -> ViT:
     )
 
 
-def test_replace_head_drops_pre_logits_and_starts_at_zero():
+def test_adapt_replaces_the_head_with_a_zero_one_without_pre_logits():
     torch.manual_seed(0)
     model = randomise_all(small(representation_size=8), std=0.1)
     features = model.forward_features(torch.randn(2, 1, 16, 16))[:, 0]
-    replace_head(model, 7)
+    assert adapt(model, num_classes=7) is model
     assert isinstance(model.pre_logits, torch.nn.Identity) and model.head.weight.shape == (7, 32)
-    assert model.config["num_classes"] == 7 and model.config["representation_size"] is None
+    assert model.config.num_classes == 7 and model.config.representation_size is None
     logits = model(torch.randn(2, 1, 16, 16))
     assert logits.shape == (2, 7) and logits.abs().max() == 0
     assert features.abs().max() > 0  # the body is untouched: only the head is new
-    with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
-        replace_head(model, 0)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 0"):
+        adapt(model, num_classes=-1)
 
 
-def test_set_image_size_interpolates_the_grid_and_keeps_the_class_row():
+def test_adapt_interpolates_the_grid_and_keeps_the_class_row():
     torch.manual_seed(0)
     model = randomise_all(small(), std=0.1)
     old = model.position_embedding.detach().clone()  # (1, 1 + 4*4, 32)
-    set_image_size(model, (24, 32))
+    adapt(model, img_size=(24, 32))
     grid = old[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
     expected = (
         F.interpolate(grid, size=(6, 8), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 48, 32)
     )
     torch.testing.assert_close(model.position_embedding[:, 1:].detach(), expected)
     assert torch.equal(model.position_embedding[:, 0], old[:, 0])
-    assert model.grid_size == (6, 8) and model.config["img_size"] == [24, 32]
+    assert model.grid_size == (6, 8) and model.config.img_size == (24, 32)
     assert isinstance(model.position_embedding, torch.nn.Parameter) and model.position_embedding.requires_grad
     assert model(torch.randn(1, 1, 24, 32)).shape == (1, 3)
-    with pytest.raises(ValueError, match="multiple of the patch size"):
-        set_image_size(model, 18)
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        adapt(model, img_size=18)
 
 
 def test_from_pretrained_checkpoint_folder(tmp_path):

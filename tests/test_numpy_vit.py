@@ -23,7 +23,7 @@ from going_modular.special import erfc
 
 def save(model: ViT, directory: Path) -> Path:
     """Save ``model`` as a going_modular checkpoint with minimal metadata."""
-    names = [f"class {k}" for k in range(model.config["num_classes"])]
+    names = [f"class {k}" for k in range(model.config.num_classes)]
     return save_model(model, directory, metadata={"class_names": names, "preprocessing": {}})
 
 
@@ -36,14 +36,14 @@ def max_logit_difference(model: ViT, directory: Path, size: tuple[int, int], see
     """Save ``model`` to ``directory``, reload it with NumPy and compare the logits of one random image."""
     save(model, directory)
     hparams, params = nv.load_hparams_and_params(directory)
-    image = torch.randn(model.config["in_channels"], *size, generator=torch.Generator().manual_seed(seed))
+    image = torch.randn(model.config.in_channels, *size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         reference = model(image[None])[0].numpy()
     logits = nv.vit(image.numpy(), **params, n_head=hparams["num_heads"])
     assert (
         logits.shape
         == reference.shape
-        == (model.config["num_classes"] or model.config["representation_size"] or model.config["embed_dim"],)
+        == (model.config.num_classes or model.config.representation_size or model.config.embed_dim,)
     )
     assert logits.dtype == np.float32
     assert logits.argmax() == reference.argmax()
@@ -127,7 +127,7 @@ def test_load_carries_the_settings_that_change_the_computation(tmp_path):
     )
     save(model, tmp_path / "ckpt")
     hparams, params = nv.load_hparams_and_params(tmp_path / "ckpt")
-    assert hparams == json.loads(json.dumps(model.config))
+    assert hparams == model.config.to_dict()
     assert params["embeddings"]["config_image_size"] == (16, 24)
     assert params["ln_f"]["eps"] == params["encoder_blocks"][0]["ln_1"]["eps"] == 1e-5
     assert params["encoder_blocks"][0]["mlp"]["approximate"] == "tanh"

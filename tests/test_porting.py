@@ -16,6 +16,7 @@ from conftest import randomise_all, randomise_head
 from going_modular import (
     StateDictMismatchError,
     ViT,
+    ViTConfig,
     create_vit,
     jax_npz_config,
     load_jax_npz,
@@ -80,7 +81,7 @@ def test_export_to_torchvision_and_timm_drives_them_to_our_logits(images):
 def test_round_trip_is_exact(export, load):
     torch.manual_seed(0)
     source = small_vit()
-    target = load(ViT(**source.config), export(source))
+    target = load(ViT(source.config), export(source))
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
 
@@ -117,7 +118,7 @@ def test_old_torchvision_mlp_names_are_accepted():
         for key, value in to_torchvision_state_dict(source).items()
     }
     assert any(".mlp.linear_1." in key for key in old)
-    target = load_torchvision_state_dict(ViT(**source.config), old)
+    target = load_torchvision_state_dict(ViT(source.config), old)
     assert torch.equal(target.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
 
 
@@ -218,7 +219,7 @@ def timm_from_npz(path, *, num_classes, img_size=32, patch=8, d=48, depth=2, hea
 def test_jax_npz_logits_match_timms_loader(tmp_path):
     path = write_npz(tmp_path, jax_arrays(classes=7))
     config = jax_npz_config(path)
-    assert config == dict(
+    assert config == ViTConfig(
         img_size=32,
         patch_size=8,
         in_channels=3,
@@ -231,7 +232,7 @@ def test_jax_npz_logits_match_timms_loader(tmp_path):
         representation_size=None,
         gelu_approximate="tanh",
     )
-    ours = load_jax_npz(ViT(**config), path).eval()
+    ours = load_jax_npz(ViT(config), path).eval()
     reference = timm_from_npz(path, num_classes=7)
     assert max_difference(ours, reference, torch.randn(3, 3, 32, 32)) <= 1e-4
 
@@ -239,8 +240,8 @@ def test_jax_npz_logits_match_timms_loader(tmp_path):
 def test_jax_npz_with_pre_logits_matches_timm_features_and_the_files_dense_layers(tmp_path):
     arrays = jax_arrays(classes=5, representation=24)
     path = write_npz(tmp_path, arrays)
-    ours = load_jax_npz(ViT(**jax_npz_config(path)), path).eval()
-    assert ours.config["representation_size"] == 24
+    ours = load_jax_npz(ViT(jax_npz_config(path)), path).eval()
+    assert ours.config.representation_size == 24
     reference = timm_from_npz(path, num_classes=0)  # timm drops pre-logits: it stops at y = LN(z_L^0)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -255,7 +256,7 @@ def test_jax_npz_with_pre_logits_matches_timm_features_and_the_files_dense_layer
 def test_jax_npz_with_another_grid_resizes_the_position_embeddings(tmp_path):
     arrays = jax_arrays(grid=4)
     path = write_npz(tmp_path, arrays)
-    model = load_jax_npz(ViT(**jax_npz_config(path) | {"img_size": 48}), path)
+    model = load_jax_npz(ViT(jax_npz_config(path), img_size=48), path)
     position = torch.from_numpy(arrays["Transformer/posembed_input/pos_embedding"])
     assert model.position_embedding.shape == (1, 1 + 6 * 6, 48)
     torch.testing.assert_close(model.position_embedding.data, resize_position_embedding(position, (4, 4), (6, 6)))
@@ -268,7 +269,7 @@ def test_jax_npz_that_does_not_fit_lists_every_problem(tmp_path):
     arrays["Transformer/encoderblock_2/LayerNorm_0/scale"] = np.zeros(48, np.float32)
     arrays["head/kernel"] = np.zeros((48, 9), np.float32)
     path = write_npz(tmp_path, arrays)
-    model = ViT(**jax_npz_config(path) | {"depth": 2, "num_classes": 7})
+    model = ViT(jax_npz_config(path), depth=2, num_classes=7)
     before = {key: value.clone() for key, value in model.state_dict().items()}
     with pytest.raises(StateDictMismatchError) as error:
         load_jax_npz(model, path)
@@ -282,7 +283,7 @@ def test_jax_npz_that_does_not_fit_lists_every_problem(tmp_path):
 def test_jax_npz_into_an_exact_gelu_model_warns(tmp_path):
     path = write_npz(tmp_path, jax_arrays())
     with pytest.warns(UserWarning, match="tanh GELU"):
-        load_jax_npz(ViT(**jax_npz_config(path) | {"gelu_approximate": "none"}), path)
+        load_jax_npz(ViT(jax_npz_config(path), gelu_approximate="none"), path)
 
 
 def test_jax_npz_bad_files_get_clear_errors(tmp_path):

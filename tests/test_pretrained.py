@@ -1,4 +1,4 @@
-"""create_vit(name, weights=...): the online paths against an HTTP server on 127.0.0.1, and the offline failures.
+"""load_pretrained(name, weights): the online paths against an HTTP server on 127.0.0.1, and the offline failures.
 
 torchvision's weights come through torch.hub (the URL patched to 127.0.0.1), timm's through huggingface_hub
 (HF_ENDPOINT pointing at 127.0.0.1, which serves the two requests of the Hub's protocol: HEAD, then GET).
@@ -23,7 +23,7 @@ from safetensors.torch import save as save_safetensors
 
 from conftest import QuietHandler, http_server, randomise_all, write_jax_npz
 from going_modular.files import DownloadError
-from going_modular.pretrained import ImagePreprocessing
+from going_modular.pretrained import ImagePreprocessing, load_pretrained
 from going_modular.variants import create_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,14 +120,14 @@ def test_torchvision_weights_download_with_a_progress_bar_load_and_match_torchvi
     torch.save(reference.state_dict(), buffer)
     body = buffer.getvalue()
     path = serve_torchvision_b32(server, monkeypatch, body, hashlib.sha256(body).hexdigest())
-    model, preprocessing = create_vit("B/32", weights="torchvision")
+    model, preprocessing = load_pretrained("B/32", "torchvision")
     assert "100%" in capsys.readouterr().err  # torch.hub's progress bar
     assert preprocessing == ImagePreprocessing(256, 224, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-4)
     assert not model.training
-    create_vit("B/32", weights="torchvision:IMAGENET1K_V1")  # cached: no second download
+    load_pretrained("B/32", "torchvision:IMAGENET1K_V1")  # cached: no second download
     assert HITS == [f"GET {path}"]
     assert [p.name for p in torch_hub_checkpoints().iterdir()] == [path.rsplit("/", 1)[1]]
 
@@ -138,18 +138,18 @@ def test_torchvision_weights_failing_their_hash_are_deleted_and_named(server, mo
     with pytest.raises(
         DownloadError, match=f"vit_b_32 IMAGENET1K_V1 weights need a download from .* into {cached}, .*corrupt"
     ):
-        create_vit("B/32", weights="torchvision")
+        load_pretrained("B/32", "torchvision")
     assert list(cached.parent.iterdir()) == []  # neither the file nor a .partial: the next call downloads again
 
 
 def test_timm_weights_come_from_the_hub_endpoint_into_the_hugging_face_cache(timm_hub, tmp_path, monkeypatch):
-    model, preprocessing = create_vit("Ti/16", weights=TIMM_NAME)
+    model, preprocessing = load_pretrained("Ti/16", TIMM_NAME)
     weights_requests = [hit for hit in HITS if hit.endswith(TIMM_PATH)]  # the Hub client may ask other things too
     assert weights_requests == [f"HEAD {TIMM_PATH}", f"GET {TIMM_PATH}"]
     snapshots = tmp_path / "hf" / "hub" / f"models--timm--{TIMM_NAME}" / "snapshots"
     assert [p.name for p in snapshots.glob("*/*")] == ["model.safetensors"]
     hub_settings(monkeypatch, HF_HUB_OFFLINE="1")  # offline, the cached file is used: what timm would use too
-    again, _ = create_vit("Ti/16", weights=TIMM_NAME)
+    again, _ = load_pretrained("Ti/16", TIMM_NAME)
     assert [hit for hit in HITS if hit.endswith(TIMM_PATH)] == weights_requests  # no request for the weights
     torch.testing.assert_close(again.state_dict(), model.state_dict(), rtol=0, atol=0)
     assert preprocessing == ImagePreprocessing(248, 224, "bicubic", (0.5,) * 3, (0.5,) * 3)  # crop_pct 0.9
@@ -159,10 +159,10 @@ def test_timm_weights_come_from_the_hub_endpoint_into_the_hugging_face_cache(tim
 
 
 def test_fine_tuning_options_resize_e_pos_and_zero_the_head(timm_hub):
-    model, preprocessing = create_vit("Ti/16", weights=TIMM_NAME, img_size=384, num_classes=10, drop_path_rate=0.1)
-    assert model.position_embedding.shape == (1, 1 + 24 * 24, 192) and model.config["img_size"] == 384
+    model, preprocessing = load_pretrained("Ti/16", TIMM_NAME, img_size=384, num_classes=10, drop_path_rate=0.1)
+    assert model.position_embedding.shape == (1, 1 + 24 * 24, 192) and model.config.img_size == 384
     assert model.head.weight.shape == (10, 192) and model.head.weight.abs().max() == 0
-    assert model.config["drop_path_rate"] == 0.1
+    assert model.config.drop_path_rate == 0.1
     assert (preprocessing.resize_size, preprocessing.crop_size) == (round(248 * 384 / 224), 384)
 
 
@@ -174,7 +174,7 @@ def test_offline_fails_fast_saying_a_download_is_needed(monkeypatch):
     monkeypatch.setattr(weights.value, "url", f"http://127.0.0.1:{port}/vit_b_16.pth")
     start = time.perf_counter()
     with pytest.raises(DownloadError, match="weights need a download from http://127.0.0.1"):
-        create_vit("B/16", weights="torchvision")
+        load_pretrained("B/16", "torchvision")
     assert time.perf_counter() - start < 5
 
 
@@ -185,7 +185,7 @@ def test_hf_hub_offline_fails_at_once_without_a_cached_file(tmp_path):
         f"model.safetensors into the Hugging Face cache {tmp_path / 'hf' / 'hub'}, which failed (HF_HUB_OFFLINE is set)"
     )
     with pytest.raises(DownloadError, match=re.escape(message)):
-        create_vit("Ti/16", weights=TIMM_NAME)  # conftest sets HF_HUB_OFFLINE=1
+        load_pretrained("Ti/16", TIMM_NAME)  # conftest sets HF_HUB_OFFLINE=1
     assert time.perf_counter() - start < 5 and HITS == []
 
 
@@ -202,27 +202,27 @@ def test_hf_hub_offline_fails_at_once_without_a_cached_file(tmp_path):
 )
 def test_bad_requests_are_refused_before_any_download(name, weights, kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
-        create_vit(name, weights=weights, **kwargs)
+        load_pretrained(name, weights, **kwargs)
     assert HITS == []
 
 
 def test_jax_npz_by_path_uses_the_tanh_gelu_and_says_so(tmp_path, caplog):
     path = write_jax_npz(tmp_path / "ViT.npz", create_vit("Ti/16", num_classes=5))
     with caplog.at_level(logging.WARNING, logger="going_modular.pretrained"):
-        model, preprocessing = create_vit("Ti/16", weights=path)
+        model, preprocessing = load_pretrained("Ti/16", path)
     assert "tanh GELU" in caplog.text
-    assert model.config["gelu_approximate"] == "tanh" and model.config["num_classes"] == 5
+    assert model.config.gelu_approximate == "tanh" and model.config.num_classes == 5
     assert preprocessing == ImagePreprocessing((224, 224), 224, "bilinear", (0.5,) * 3, (0.5,) * 3)
     with pytest.raises(ValueError, match="another architecture than ViT-S/16"):
-        create_vit("S/16", weights=path)
+        load_pretrained("S/16", path)
 
 
 def test_jax_npz_by_url_is_downloaded_once(server, tmp_path):
     path = write_jax_npz(tmp_path / "ViT.npz", create_vit("Ti/16", num_classes=5, depth=12))
     FILES["/vit_models/ViT-Ti_16.npz"] = open(path, "rb").read()
     for _ in range(2):
-        model, _ = create_vit("Ti/16", weights=f"{server}/vit_models/ViT-Ti_16.npz")
-    assert HITS == ["GET /vit_models/ViT-Ti_16.npz"] and model.config["num_classes"] == 5
+        model, _ = load_pretrained("Ti/16", f"{server}/vit_models/ViT-Ti_16.npz")
+    assert HITS == ["GET /vit_models/ViT-Ti_16.npz"] and model.config.num_classes == 5
 
 
 def test_image_preprocessing_equals_torchvisions_transform():

@@ -24,6 +24,7 @@ from going_modular import (
     MultiHeadSelfAttention,
     PatchEmbedding,
     ViT,
+    ViTConfig,
     count_macs,
     count_parameters,
     create_vit,
@@ -145,11 +146,8 @@ def test_msa_matches_torch_multihead_attention_outputs_and_weights():
         reference.out_proj.bias.copy_(msa.proj.bias)
     x = torch.randn(3, 11, 32)
     expected, expected_weights = reference(x, x, x, need_weights=True, average_attn_weights=False)
-    fast, none = msa(x)
-    slow, weights = msa(x, need_weights=True)
-    assert none is None
-    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(slow, expected, rtol=1e-5, atol=1e-5)
+    out, weights = msa(x), msa.attention_weights(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(weights, expected_weights, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 11))
 
@@ -168,9 +166,10 @@ def test_attention_dropout_only_in_training():
     msa = MultiHeadSelfAttention(embed_dim=16, num_heads=2, attn_drop=0.5)
     x = torch.randn(2, 5, 16)
     msa.eval()
-    assert torch.equal(msa(x)[0], msa(x)[0])
+    assert torch.equal(msa(x), msa(x))
     msa.train()
-    assert not torch.equal(msa(x, need_weights=True)[0], msa(x, need_weights=True)[0])
+    assert not torch.equal(msa(x), msa(x))
+    assert torch.equal(msa.attention_weights(x), msa.attention_weights(x))  # the maps are never dropped
 
 
 def test_mlp_shapes_and_gelu_forms():
@@ -220,7 +219,7 @@ def test_encoder_block_matches_torchvision():
     reference.load_state_dict(state)
     x = torch.randn(2, 9, 32)
     with torch.no_grad():
-        torch.testing.assert_close(block(x)[0], reference(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(block(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
 # ---- the full model ----------------------------------------------------------------------------------
@@ -244,16 +243,90 @@ def test_initialisation_follows_the_reference_implementations():
         assert torch.count_nonzero(model(torch.randn(2, 3, 32, 32))) == 0
 
 
-def test_forward_shapes_attention_maps_and_both_attention_paths():
+def test_forward_is_forward_head_of_forward_features_and_maps_are_the_blocks_attention():
     torch.manual_seed(0)
     model = randomise_head(small_vit(), std=0.1).eval()
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
-        logits, maps = model(x, return_attention=True)
-        torch.testing.assert_close(logits, model(x), rtol=1e-5, atol=1e-5)
-    assert logits.shape == (5, 10)
+        features = model.forward_features(x)
+        logits, maps = model(x), model.forward_attention(x)
+        assert torch.equal(model.forward_head(features), logits)
+        z = model.embed(x)  # the maps, block by block, from nn.MultiheadAttention with the same weights
+        for block, A_l in zip(model.blocks, maps, strict=True):
+            reference = nn.MultiheadAttention(48, 3, batch_first=True)
+            reference.in_proj_weight.copy_(block.msa.qkv.weight)
+            reference.in_proj_bias.copy_(block.msa.qkv.bias)
+            normed = block.ln_1(z)
+            _, expected = reference(normed, normed, normed, need_weights=True, average_attn_weights=False)
+            torch.testing.assert_close(A_l, expected, rtol=1e-5, atol=1e-5)
+            z = block(z)
+    assert features.shape == (5, 65, 48) and logits.shape == (5, 10)
     assert len(maps) == 2 and all(m.shape == (5, 3, 65, 65) for m in maps)
-    assert model.forward_features(x).shape == (5, 65, 48)
+
+
+def test_forward_features_and_forward_head_match_timm():
+    timm = pytest.importorskip("timm")
+    from going_modular import to_timm_state_dict
+
+    torch.manual_seed(0)
+    ours = randomise_head(small_vit(), std=0.1).eval()
+    theirs = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3
+    ).eval()
+    theirs.load_state_dict(to_timm_state_dict(ours))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.forward_features(x), theirs.forward_features(x), rtol=1e-5, atol=1e-5)
+        z = ours.forward_features(x)
+        torch.testing.assert_close(ours.forward_head(z), theirs.forward_head(z), rtol=1e-5, atol=1e-5)
+        # timm resizes with antialias=True, whose bicubic kernel (a = -0.5) is not the plain one (a = -0.75)
+        # that torchvision and this package use; with antialias=False its resampler is ours.
+        expected = timm.layers.resample_abs_pos_embed(
+            ours.position_embedding, new_size=(12, 12), old_size=(8, 8), num_prefix_tokens=1, antialias=False
+        )
+        ours.set_input_size(48)
+        theirs.set_input_size(img_size=(48, 48))
+        theirs.pos_embed.copy_(expected)
+        big = torch.randn(2, 3, 48, 48)
+        torch.testing.assert_close(ours.position_embedding.data, expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ours(big), theirs(big), rtol=1e-5, atol=1e-5)
+    ours.reset_classifier(4)
+    theirs.reset_classifier(4)
+    assert ours.head.weight.shape == theirs.head.weight.shape == (4, 48)
+
+
+def test_reset_classifier_is_a_zero_head_without_pre_logits():
+    torch.manual_seed(0)
+    model = randomise_head(small_vit(representation_size=20), std=0.1).eval()
+    features = model.forward_features(torch.randn(2, 3, 32, 32))
+    model.reset_classifier(7)
+    assert isinstance(model.pre_logits, nn.Identity) and model.head.weight.shape == (7, 48)
+    assert torch.count_nonzero(model.forward_head(features)) == 0
+    assert (model.config.num_classes, model.config.representation_size) == (7, None)
+    model.reset_classifier(0, global_pool="avg")
+    assert isinstance(model.head, nn.Identity) and model.config.global_pool == "avg"
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(features), features[:, 1:].mean(dim=1))
+    with pytest.raises(ValueError, match="num_classes must be an int >= 0"):
+        model.reset_classifier(-1)
+    with pytest.raises(ValueError, match="global_pool must be"):
+        model.reset_classifier(3, global_pool="max")
+
+
+def test_set_input_size_stores_the_resized_position_embedding():
+    torch.manual_seed(0)
+    model = randomise_head(small_vit(), std=0.1).eval()
+    x = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        on_the_fly = model(x)
+        expected = resize_position_embedding(model.position_embedding, (8, 8), (12, 10))
+        model.set_input_size((48, 40))
+        torch.testing.assert_close(model(x), on_the_fly)
+    assert torch.equal(model.position_embedding.data, expected)
+    assert model.grid_size == (12, 10) and model.config.img_size == (48, 40)
+    with pytest.raises(ValueError, match="img_size must be a multiple of patch_size"):
+        model.set_input_size(30)
+    assert model.config.img_size == (48, 40)  # a refused size changes nothing
 
 
 def test_other_image_size_uses_resized_position_embeddings():
@@ -307,8 +380,8 @@ def test_config_round_trips_through_json():
     model = ViT(
         img_size=(32, 48), patch_size=(4, 8), num_classes=3, embed_dim=24, depth=1, num_heads=2, representation_size=12
     )
-    config = json.loads(json.dumps(model.config))
-    rebuilt = ViT(**config)
+    config = json.loads(json.dumps(model.config.to_dict()))
+    rebuilt = ViT(ViTConfig(**config))
     assert rebuilt.config == model.config
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
     assert rebuilt.grid_size == (8, 6)
@@ -383,7 +456,7 @@ def test_table1_parameter_counts_are_exact(name):
     with torch.device("meta"):
         model = create_vit(name)
     assert sum(p.numel() for p in model.parameters()) == TABLE_1[name]
-    assert count_parameters(**model.config) == TABLE_1[name]
+    assert count_parameters(model.config) == TABLE_1[name]
 
 
 @pytest.mark.parametrize("spelling", ["b/16", "ViT-B/16", "vit_b_16", " B_16 "])
@@ -394,11 +467,13 @@ def test_create_vit_accepts_common_spellings(spelling):
 
 def test_create_vit_overrides_and_unknown_names():
     model = create_vit("Ti/8", img_size=32, num_classes=10)
-    assert (model.config["embed_dim"], model.config["patch_size"], model.config["num_classes"]) == (192, 8, 10)
+    assert (model.config.embed_dim, model.config.patch_size, model.config.num_classes) == (192, 8, 10)
     with pytest.raises(
-        ValueError, match=re.escape("unknown ViT variant 'X/16': expected one of Ti/P, S/P, B/P, L/P, H/P")
+        ValueError, match=re.escape("unknown ViT variant 'X/16': expected one of Ti/P, S/P, B/P, L/P, H/P, Micro/P")
     ):
         create_vit("X/16")
+    with pytest.raises(TypeError, match="em9ed_dim"):  # a misspelled keyword is an error, never ignored
+        create_vit("Ti/16", em9ed_dim=64)
 
 
 @pytest.mark.parametrize(
@@ -417,11 +492,11 @@ def test_closed_forms_match_the_model(options):
     # fused CPU attention kernel would go uncounted), and nothing is computed.
     with torch.device("meta"):
         model = small_vit(**options).eval()
-        assert count_parameters(**model.config) == sum(p.numel() for p in model.parameters())
-        h, w = to_hw(model.config["img_size"])
+        assert count_parameters(model.config) == sum(p.numel() for p in model.parameters())
+        h, w = to_hw(model.config.img_size)
         with FlopCounterMode(display=False) as counter:
-            model(torch.empty(1, model.config["in_channels"], h, w))
-    assert counter.get_total_flops() == 2 * count_macs(**model.config)
+            model(torch.empty(1, model.config.in_channels, h, w))
+    assert counter.get_total_flops() == 2 * count_macs(model.config)
 
 
 def to_hw(size) -> tuple[int, int]:
@@ -432,7 +507,11 @@ def test_closed_forms_refuse_the_conv_stem():
     config = small_vit(conv_stem=True).config
     for count in (count_parameters, count_macs):
         with pytest.raises(ValueError, match="conv_stem=True"):
-            count(**config)
+            count(config)
+        with pytest.raises(TypeError, match="takes a ViTConfig"):
+            count(SMALL)
+        with pytest.raises(TypeError, match="unexpected keyword argument 'img_size'"):
+            count(**SMALL)
 
 
 def test_average_pooling_reads_the_mean_of_the_normed_patch_tokens():
@@ -445,6 +524,57 @@ def test_average_pooling_reads_the_mean_of_the_normed_patch_tokens():
         z = model.forward_features(x)  # LN(z_L): (B, T, D)
         torch.testing.assert_close(model(x), model.head(z[:, 1:].mean(dim=1)))
         assert not torch.allclose(model(x), model.head(z[:, 0]))
-    assert model.config["global_pool"] == "avg"
+    assert model.config.global_pool == "avg"
     with pytest.raises(ValueError, match="global_pool must be 'token' .* or 'avg' .*, got 'max'"):
         ViT(global_pool="max")
+
+
+# ---- the configuration -----------------------------------------------------------------------------
+
+
+def test_config_is_frozen_normalised_and_shared_by_model_and_counts():
+    config = ViTConfig(img_size=[32, 32], patch_size=(4, 4), num_classes=10, embed_dim=48, depth=2, num_heads=3)
+    assert config.img_size == 32 and config.patch_size == 4 and config.grid_size == (8, 8) and config.mlp_dim == 192
+    with pytest.raises(AttributeError):
+        config.depth = 3  # frozen: a model's config cannot change under it
+    model = ViT(config)
+    assert model.config == config and ViT.from_config(config).config == config
+    assert ViT(config, num_classes=5).config == ViTConfig(**{**config.to_dict(), "num_classes": 5})
+    assert ViT(**SMALL).config == ViTConfig(**SMALL)
+    assert ViTConfig(img_size=(32, 48), patch_size=4).to_dict()["img_size"] == [32, 48]
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(embed_dim=50, num_heads=3), "embed_dim must be divisible by num_heads"),
+        (dict(img_size=30, patch_size=4), "img_size must be a multiple of patch_size"),
+        (dict(attn_drop_rate=-0.5), "attn_drop_rate must be in"),
+        (dict(global_pool="max"), "global_pool must be"),
+        (dict(depth=0), "depth must be a positive int"),
+        (dict(num_heads=2.0), "num_heads must be a positive int"),
+        (dict(in_channels=True), "in_channels must be a positive int"),
+        (dict(num_classes=-1), "num_classes must be an int >= 0"),
+        (dict(qkv_bias="yes"), "qkv_bias must be True or False"),
+        (dict(layer_norm_eps=0.0), "layer_norm_eps must be a positive float"),
+        (dict(patch_size=(4, 4, 4)), "patch_size must be a positive int or a pair"),
+    ],
+)
+def test_config_refuses_impossible_combinations_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=re.escape(field)):
+        ViTConfig(**kwargs)
+    with pytest.raises(ValueError, match=re.escape(field)):
+        ViT(**kwargs)
+
+
+def test_unknown_keywords_are_errors_everywhere():
+    with pytest.raises(TypeError, match="em9ed_dim"):
+        ViTConfig(em9ed_dim=64)
+    with pytest.raises(TypeError, match="em9ed_dim"):
+        ViT(em9ed_dim=64)
+    with pytest.raises(TypeError, match="em9ed_dim"):
+        ViT(ViTConfig(), em9ed_dim=64)
+    with pytest.raises(TypeError, match="expected a ViTConfig"):
+        ViT(dict(SMALL))
+    with pytest.raises(TypeError):
+        count_parameters(ViTConfig(), depth=3)
