@@ -92,7 +92,7 @@ unit: $(STAMP)
 test: $(STAMP) $(MATHJAX) browser
 	@# The digits checkpoint that several chapters read: made once here (about 20 s when missing), so
 	@# that chapters running in parallel never train and write it at the same time.
-	cd notebooks && HF_HUB_OFFLINE=1 $(abspath $(BIN))/python -c "from going_modular.train import digits_checkpoint; digits_checkpoint()"
+	cd notebooks && HF_HUB_OFFLINE=1 $(abspath $(BIN))/python -c "from going_modular.training import digits_checkpoint; digits_checkpoint()"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 # Debian's Chromium and ChromeDriver for the browser tests (tests/test_book.py): installed when missing

@@ -1,7 +1,7 @@
 """Training throughput (images/s) of going_modular's ViT against timm's VisionTransformer.
 
 Both models get the same configuration (the digits set-up of the training chapter and of the
-command line's default ``micro`` model: 8x8 grey images, P = 2, D = 64, 4 blocks, 8 heads, MLP
+command line's default ``Micro`` variant: 8x8 grey images, P = 2, D = 64, 4 blocks, 8 heads, MLP
 ratio 2, 10 classes), the same AdamW optimiser, gradient
 clipping at norm 1 and the same batches. One step is forward, loss, backward, clip and update.
 The two models are timed in alternating rounds so that a change in machine load hits both; the
@@ -24,10 +24,10 @@ from torch import nn  # noqa: E402
 
 from going_modular.data import create_dataloaders, load_digits_data  # noqa: E402
 from going_modular.engine import build_optimizer  # noqa: E402
-from going_modular.train import MICRO  # noqa: E402
+from going_modular.variants import VIT_VARIANTS  # noqa: E402
 from going_modular.vit import ViT  # noqa: E402
 
-CONFIG = dict(img_size=8, patch_size=2, num_classes=10, **MICRO)
+CONFIG = dict(img_size=8, patch_size=2, num_classes=10, **VIT_VARIANTS["Micro"])
 
 
 def batches(batch_size: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

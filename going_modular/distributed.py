@@ -7,19 +7,25 @@ runs on one process or many.
 """
 
 import os
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from going_modular.engine import TrainingHooks
+from going_modular.runtime import set_seed, stream_seed
+
 __all__ = [
     "TORCHRUN_VARIABLES",
     "any_process",
+    "distributed_hooks",
     "gather_objects",
     "is_main_process",
     "launched_by_torchrun",
     "replicate",
+    "seed_this_process",
     "start_processes",
     "stop_processes",
     "sum_over_processes",
@@ -108,3 +114,24 @@ def wait_for_all() -> None:
     """Block until every process gets here (nothing to wait for on one process)."""
     if world()[1] > 1:
         dist.barrier()
+
+
+# notebooks/A11_distributed.ipynb, cell 15
+def distributed_hooks(hooks: TrainingHooks | None = None) -> TrainingHooks:
+    """``hooks`` (default: none) for one of torchrun's processes: the training steps through DDP, the sums over
+    all processes, reports from rank 0 only. On one process they train as ``hooks`` alone would."""
+    hooks = TrainingHooks() if hooks is None else hooks
+    wrap = hooks.wrap
+    return replace(
+        hooks,
+        wrap=lambda model: replicate(wrap(model)),
+        reduce=sum_over_processes,
+        prints=hooks.prints and is_main_process(),
+    )
+
+
+def seed_this_process(seed: int) -> None:
+    """Once the model is built: every process but rank 0 reseeds from (seed, rank), to draw its own dropout."""
+    rank = world()[0]
+    if rank > 0:
+        set_seed(stream_seed(seed, rank))

@@ -4,8 +4,9 @@
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -13,23 +14,22 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, S
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from going_modular.distributed import is_main_process, replicate, sum_over_processes
-from going_modular.resume import load_state_dicts, state_dicts
-
 __all__ = [
     "AMP_DTYPES",
     "NonFiniteLossError",
+    "TrainingHooks",
     "build_optimizer",
     "build_scheduler",
     "default_warmup_steps",
     "evaluate",
     "init_truncated_normal",
+    "one_process",
     "train",
     "train_one_epoch",
 ]
 
 
-# notebooks/08_training.ipynb, cell 9
+# notebooks/08_training.ipynb, cell 13
 def build_optimizer(
     model: nn.Module,
     *,
@@ -60,7 +60,7 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
-# notebooks/08_training.ipynb, cell 12
+# notebooks/08_training.ipynb, cell 16
 def default_warmup_steps(total_steps: int) -> int:
     """min(100, 10% of the training steps): the warm-up ``train`` uses when none is given."""
     return min(100, total_steps // 10)
@@ -87,7 +87,7 @@ def build_scheduler(
     return SequentialLR(optimizer, [warmup, main], milestones=[warmup_steps])
 
 
-# notebooks/08_training.ipynb, cell 15
+# notebooks/08_training.ipynb, cell 19
 def init_truncated_normal(model: nn.Module, std: float = 0.02) -> nn.Module:
     """Redraw every Linear and Conv2d weight from N(0, std^2), zero their biases (timm, DeiT).
 
@@ -104,7 +104,7 @@ def init_truncated_normal(model: nn.Module, std: float = 0.02) -> nn.Module:
     return model
 
 
-# notebooks/08_training.ipynb, cell 20
+# notebooks/08_training.ipynb, cell 24
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -116,6 +116,11 @@ def _autocast(device: torch.device, amp: str) -> AbstractContextManager:
     """The autocast context for ``amp`` ('none', 'bf16' or 'fp16') on ``device``."""
     dtype = AMP_DTYPES[amp]
     return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def one_process(*sums: float) -> Sequence[float]:
+    """This process's sums as they are: ``reduce`` when one process trains."""
+    return sums
 
 
 def train_one_epoch(
@@ -131,8 +136,10 @@ def train_one_epoch(
     clip_norm: float | None = 1.0,
     epoch: int = 1,
     progress: bool = False,
+    reduce: Callable[..., Sequence[float]] = one_process,
 ) -> dict[str, float]:
     """Train for one epoch on (images (B, C, H, W), labels (B,)); return mean loss and accuracy per image."""
+    scaler = torch.amp.GradScaler("cuda", enabled=False) if scaler is None else scaler  # off: does nothing
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch} train", disable=not progress, leave=False)
@@ -145,32 +152,32 @@ def train_one_epoch(
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"training loss is {loss_value} at epoch {epoch}, step {step}")
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
+        scaler.scale(loss).backward()  # fp16: the loss times the scale, so that small gradients do not underflow
+        scaler.unscale_(optimizer)  # fp16: the true gradients again, for clipping
         if clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        scaler.step(optimizer)  # optimizer.step(); fp16 skips a step whose gradients overflowed
+        scaler.update()
         if scheduler is not None:
             scheduler.step()
         total_loss += loss_value * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
-    total_loss, correct, seen = sum_over_processes(total_loss, correct, seen)  # over torchrun's processes
+    total_loss, correct, seen = reduce(total_loss, correct, seen)
     if seen == 0:
         raise ValueError("the training DataLoader yielded no batches")
     return {"loss": total_loss / seen, "accuracy": correct / seen}
 
 
 def evaluate(
-    model: nn.Module, loader: DataLoader, loss_fn: nn.Module, *, device: torch.device, amp: str = "none"
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    *,
+    device: torch.device,
+    amp: str = "none",
+    reduce=one_process,
 ) -> dict:
     """Evaluate on (images (B, C, H, W), labels (B,)); return mean loss and accuracy per image."""
     model.eval()
@@ -184,39 +191,49 @@ def evaluate(
             total_loss += loss.item() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum().item()
             seen += len(labels)
-    total_loss, correct, seen = sum_over_processes(total_loss, correct, seen)
+    total_loss, correct, seen = reduce(total_loss, correct, seen)
     if seen == 0:
         raise ValueError("the evaluation DataLoader yielded no batches")
     return {"loss": total_loss / seen, "accuracy": correct / seen}
 
 
-# notebooks/08_training.ipynb, cell 22
+# notebooks/08_training.ipynb, cell 26
+@dataclass(frozen=True)
+class TrainingHooks:
+    """Where a run goes beyond the loop of one process (Appendices A10, A11); the defaults change nothing."""
+
+    wrap: Callable[[nn.Module], nn.Module] = lambda model: model  # model -> the module the steps call
+    reduce: Callable[..., Sequence[float]] = one_process  # this process's sums -> the sums over all processes
+    restore: Callable[[dict], dict | None] = lambda parts: None  # load a saved state into parts; its history
+    epoch_end: Callable[[int, dict, dict], None] = lambda epoch, history, parts: None  # e.g. save the state
+    prints: bool = True  # whether this process reports
+
+
+# notebooks/08_training.ipynb, cell 28
 def train(
     model: nn.Module,
     train_loader: DataLoader,
     test_loader: DataLoader,
     *,
     epochs: int,
-    optimizer: str = "adamw",
-    lr: float = 1e-3,
-    weight_decay: float = 0.1,
-    momentum: float = 0.9,
+    optimizer: str | torch.optim.Optimizer = "adamw",
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    momentum: float | None = None,
+    scheduler: str | LRScheduler = "cosine",
     warmup_steps: int | None = None,
-    decay: str = "cosine",
     label_smoothing: float = 0.0,
     clip_norm: float | None = 1.0,
     device: str | torch.device = "cpu",
     amp: str = "none",
-    compile_model: bool = False,
     progress: bool = True,
-    resume: dict | None = None,
-    on_epoch_end: Callable[[dict], None] | None = None,
+    hooks: TrainingHooks | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` for ``epochs``, evaluate it after each; return the metrics per epoch.
 
-    ``optimizer`` is "adamw" (pre-training) or "sgd" with ``momentum`` (fine-tuning). ``warmup_steps=None``
-    warms up for ``default_warmup_steps`` of the run's steps. ``on_epoch_end`` gets the state after each epoch,
-    from which ``resume`` continues (Appendix A10); under torchrun the model trains as DDP (Appendix A11).
+    ``optimizer``: "adamw" or "sgd" from ``build_optimizer`` with ``lr``, ``weight_decay`` and ``momentum`` (its
+    defaults when None), or an optimiser of the model's parameters. ``scheduler``: ``warmup_steps`` (None:
+    ``default_warmup_steps``) of warm-up, then "cosine" or "linear" decay, or a scheduler of that optimiser.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -224,54 +241,56 @@ def train(
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be positive or None, got {clip_norm!r}")
-    if resume is not None and not 0 <= resume["epoch"] <= epochs:
-        raise ValueError(f"resume holds epoch {resume['epoch']} of a run of {epochs} epochs")
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
     device = torch.device(device)
     if amp == "fp16" and device.type != "cuda":
         raise ValueError(f"amp='fp16' needs a CUDA device (it uses a GradScaler), got device {device}")
+    recipe = {k: v for k, v in dict(lr=lr, weight_decay=weight_decay, momentum=momentum).items() if v is not None}
+    if isinstance(optimizer, str):
+        optimizer = build_optimizer(model, optimizer=optimizer, **recipe)
+    elif not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be 'adamw', 'sgd' or a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    elif recipe:
+        raise ValueError(f"{sorted(recipe)} set up a named optimizer: give them to your {type(optimizer).__name__}")
     total_steps = epochs * len(train_loader)
-    warmup_steps = default_warmup_steps(total_steps) if warmup_steps is None else warmup_steps
+    if scheduler in ("cosine", "linear"):
+        warmup = default_warmup_steps(total_steps) if warmup_steps is None else warmup_steps
+        scheduler = build_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup, decay=scheduler)
+    elif not isinstance(scheduler, LRScheduler):
+        raise TypeError(f"scheduler must be 'cosine', 'linear' or a torch LRScheduler, got {scheduler!r}")
+    elif warmup_steps is not None or scheduler.optimizer is not optimizer:
+        raise ValueError("a scheduler of your own must schedule the optimizer given, and warmup_steps must be None")
+    hooks = TrainingHooks() if hooks is None else hooks
     model.to(device)
-    opt = build_optimizer(model, optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
-    scheduler = build_scheduler(opt, total_steps=total_steps, warmup_steps=warmup_steps, decay=decay)
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    parts = dict(model=model, optimizer=opt, scheduler=scheduler, scaler=scaler)  # what a training state holds
+    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)  # a training state's parts
+    restored = hooks.restore(parts)
     keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds")
-    history = {key: [] for key in keys} if resume is None else load_state_dicts(resume, **parts)
-    trainer = replicate(model)  # DistributedDataParallel under torchrun, else the model itself
-    runner = torch.compile(trainer) if compile_model else trainer
-    progress = progress and is_main_process()
+    history = {key: [] for key in keys} if restored is None else restored
+    if len(history["lr"]) > epochs:
+        raise ValueError(f"the restored run has trained {len(history['lr'])} epochs, more than epochs={epochs}")
+    runner = hooks.wrap(model)
+    progress = progress and hooks.prints
+    step = dict(
+        scheduler=scheduler, scaler=scaler, amp=amp, clip_norm=clip_norm, progress=progress, reduce=hooks.reduce
+    )
     for epoch in range(len(history["lr"]) + 1, epochs + 1):
         if hasattr(train_loader.sampler, "set_epoch"):  # a new order every epoch, the same on every process
             train_loader.sampler.set_epoch(epoch)
         start = time.perf_counter()
-        trained = train_one_epoch(
-            runner,
-            train_loader,
-            loss_fn,
-            opt,
-            device=device,
-            scheduler=scheduler,
-            scaler=scaler,
-            amp=amp,
-            clip_norm=clip_norm,
-            epoch=epoch,
-            progress=progress,
-        )
-        tested = evaluate(runner if trainer is model else model, test_loader, loss_fn, device=device, amp=amp)
+        trained = train_one_epoch(runner, train_loader, loss_fn, optimizer, device=device, epoch=epoch, **step)
+        tested = evaluate(model, test_loader, loss_fn, device=device, amp=amp, reduce=hooks.reduce)
         for split, metrics in (("train", trained), ("test", tested)):
             history[f"{split}_loss"].append(metrics["loss"])
             history[f"{split}_accuracy"].append(metrics["accuracy"])
-        history["lr"].append(opt.param_groups[0]["lr"])
+        history["lr"].append(optimizer.param_groups[0]["lr"])
         history["seconds"].append(time.perf_counter() - start)
         if progress:
             tqdm.write(
                 f"epoch {epoch}/{epochs} | train loss {trained['loss']:.4f} acc {trained['accuracy']:.4f}"
                 f" | test loss {tested['loss']:.4f} acc {tested['accuracy']:.4f}"
             )
-        if on_epoch_end is not None:
-            on_epoch_end(state_dicts(epoch=epoch, history=history, **parts))
+        hooks.epoch_end(epoch, history, parts)
     return history

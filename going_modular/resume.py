@@ -8,13 +8,15 @@ import pickle
 import random
 import signal
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from going_modular.distributed import any_process, gather_objects, is_main_process, wait_for_all
+from going_modular.distributed import any_process, gather_objects, is_main_process, wait_for_all, world
+from going_modular.engine import TrainingHooks
 from going_modular.files import atomic_write
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "TrainingStopped",
     "load_state_dicts",
     "read_training_state",
+    "resumable",
     "rng_state",
     "save_training_state",
     "set_rng_state",
@@ -78,6 +81,37 @@ def load_state_dicts(state: dict, **parts) -> dict[str, list[float]]:
         if part is not None:
             part.load_state_dict(state[name])
     return {key: list(values) for key, values in state["history"].items()}
+
+
+def resumable(
+    hooks: TrainingHooks | None = None,
+    *,
+    state: dict | None = None,
+    on_state: Callable[[dict], None] | None = None,
+    generator: torch.Generator | None = None,
+) -> TrainingHooks:
+    """``hooks`` (default: none) that resume from ``state`` and give ``on_state`` the state after every epoch.
+
+    ``state`` holds every process's generators by rank under "rng", as ``read_training_state`` returns it;
+    resuming puts back this process's, ``generator`` (a DataLoader's) included. Without ``state`` the run
+    starts afresh; without ``on_state`` nothing is handed out.
+    """
+    hooks = TrainingHooks() if hooks is None else hooks
+    inner_restore, inner_epoch_end = hooks.restore, hooks.epoch_end
+
+    def restore(parts: dict) -> dict | None:
+        if state is None:
+            return inner_restore(parts)
+        history = load_state_dicts(state, **parts)
+        set_rng_state(state["rng"][world()[0]], generator)
+        return history
+
+    def epoch_end(epoch: int, history: dict[str, list[float]], parts: dict) -> None:
+        inner_epoch_end(epoch, history, parts)
+        if on_state is not None:
+            on_state(state_dicts(epoch=epoch, history=history, **parts))
+
+    return replace(hooks, restore=restore, epoch_end=epoch_end)
 
 
 # notebooks/A10_resume.ipynb, cell 12

@@ -6,111 +6,33 @@ With no flags it trains the digits ViT of the training chapter on the CPU in abo
 writes ``checkpoint/``, ``metrics.json`` and ``loss_curve.png`` into ``--output``. With ``--pretrained`` it
 fine-tunes a checkpoint or an original JAX ``.npz`` instead (§3.2). After every epoch it saves the whole
 training state, which ``--resume`` continues from; under ``torchrun`` it trains on several processes.
+This module parses the flags and reports; ``going_modular.training`` trains.
 """
 
 import argparse
-import json
 import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
-from torch.utils.data import DataLoader
 
-from going_modular.checkpoint import CheckpointError, read_checkpoint, save_model
-from going_modular.data import (
-    DataSplits,
-    UnreadableImageError,
-    create_dataloaders,
-    get_device,
-    load_cifar10,
-    load_digits_data,
-    load_image_folder,
-    load_textures_data,
-    set_seed,
-    stream_seed,
-)
-from going_modular.distributed import is_main_process, start_processes, stop_processes, wait_for_all, world
-from going_modular.engine import AMP_DTYPES, NonFiniteLossError, default_warmup_steps, init_truncated_normal, train
-from going_modular.files import DownloadError, atomic_write, download_and_extract
-from going_modular.finetune import from_pretrained, pretrained_config
-from going_modular.plots import plot_curves
-from going_modular.resume import (
-    TRAINING_STATE_FILE,
-    StopRequest,
-    TrainingStateError,
-    TrainingStopped,
-    read_training_state,
-    save_training_state,
-    set_rng_state,
-    settings_differences,
-)
-from going_modular.variants import create_vit
-from going_modular.vit import ViT
+from going_modular import distributed, resume
+from going_modular.data import UnreadableImageError
+from going_modular.engine import AMP_DTYPES, NonFiniteLossError, default_warmup_steps
+from going_modular.files import DownloadError
+from going_modular.finetune import pretrained_config
+from going_modular.runtime import get_device
+from going_modular.training import EXECUTION_FIELDS, TrainConfig, fit, prepare, save_outputs
+from going_modular.variants import VIT_VARIANTS
+from going_modular.vit import ViTConfig
 
-__all__ = [
-    "EXECUTION_SETTINGS",
-    "FOLDER_NATIVE",
-    "LR",
-    "MICRO",
-    "MODEL_SIZES",
-    "NATIVE",
-    "WEIGHT_DECAY",
-    "build_model",
-    "build_parser",
-    "checkpoint_metadata",
-    "digits_checkpoint",
-    "fill_defaults",
-    "fit",
-    "image_and_patch_size",
-    "load_data",
-    "main",
-    "prepare",
-    "resume_command",
-    "run",
-    "run_settings",
-    "write_outputs",
-]
+__all__ = ["build_parser", "config_from_args", "main", "resume_command", "train_and_report"]
 
 
 # notebooks/A4_command_line.ipynb, cell 5
-MODEL_SIZES = ("micro", "Ti", "S", "B", "L", "H")
-MICRO = dict(embed_dim=64, depth=4, num_heads=8, mlp_ratio=2.0)
-NATIVE = {"digits": (8, 2), "textures": (32, 4), "cifar10": (32, 4)}  # dataset -> (image size, patch size)
-FOLDER_NATIVE = (224, 16)
-
-
-def build_model(
-    size: str, *, image_size: int, patch_size: int, in_channels: int, num_classes: int, drop_rate: float = 0.0
-) -> ViT:
-    """``micro`` (D=64, 4 blocks, 8 heads, MLP 128: the chapter's digits ViT) or a paper size Ti, S, B, L, H."""
-    if size not in MODEL_SIZES:
-        raise ValueError(f"model size must be one of {list(MODEL_SIZES)}, got {size!r}")
-    common = dict(img_size=image_size, in_channels=in_channels, num_classes=num_classes, drop_rate=drop_rate)
-    if size == "micro":
-        return ViT(patch_size=patch_size, **MICRO, **common)
-    return create_vit(f"{size}/{patch_size}", **common)
-
-
-def load_data(dataset: str, *, image_size: int, data_dir: Path, seed: int, timeout: float = 10.0) -> DataSplits:
-    """'digits', 'textures', 'cifar10', an ImageFolder path or an http(s) URL of a zipped ImageFolder."""
-    if dataset == "digits":
-        return load_digits_data(image_size=image_size, seed=seed)
-    if dataset == "textures":
-        return load_textures_data(image_size=image_size, seed=seed)
-    if dataset == "cifar10":
-        return load_cifar10(data_dir, image_size=image_size, timeout=timeout)
-    if dataset.startswith(("http://", "https://")):
-        name = Path(dataset.rstrip("/").split("/")[-1]).stem or "download"
-        folder = download_and_extract(dataset, data_dir / name, timeout=timeout)
-        return load_image_folder(folder, image_size=image_size, augment=True)
-    return load_image_folder(dataset, image_size=image_size, augment=True)
-
-
-# notebooks/A4_command_line.ipynb, cell 7
 def _number(
     kind: type, low: float, low_inclusive: bool = True, high: float | None = None
 ) -> Callable[[str], int | float]:
@@ -149,40 +71,35 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--dataset",
         default="digits",
-        help="'digits' or 'textures' (offline; textures: objects on clutter, generated), 'cifar10' (downloads), a folder with train/ and test/ "
-        "ImageFolder splits, or an http(s) URL of such a folder zipped",
+        help="'digits' or 'textures' (offline; textures: objects on clutter, generated), 'cifar10' (downloads), a "
+        "folder with train/ and test/ ImageFolder splits, or an http(s) URL of such a folder zipped",
     )
-    data.add_argument("--data-dir", type=Path, default=Path("data"), help="where downloads are stored")
+    data.add_argument("--data-dir", default="data", help="where downloads are stored")
     data.add_argument(
         "--image-size",
+        dest="img_size",
+        metavar="IMAGE_SIZE",
         type=_number(int, 1),
-        default=None,
         help="input size in pixels (default: the --pretrained model's, else 8 for digits, 32 for textures "
         "and cifar10, 224 for folders)",
     )
+    data.add_argument("--batch-size", type=_number(int, 1), default=64, help="images per step, over all processes")
     data.add_argument(
-        "--batch-size", type=_number(int, 1), default=64, help="images per step, over all processes under torchrun"
-    )
-    data.add_argument(
-        "--num-workers",
-        type=_number(int, 0),
-        default=None,
-        help="DataLoader worker processes (default: 0 in memory, up to 4 for files)",
+        "--num-workers", type=_number(int, 0), help="DataLoader processes (default: 0 in memory, up to 4 for files)"
     )
     data.add_argument("--timeout", type=_number(float, 0, False), default=10.0, help="seconds per network wait")
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
-        choices=MODEL_SIZES,
-        default=None,
-        help="micro (D=64, 4 blocks, 8 heads, MLP 128) or a paper size: Ti/S from DeiT, B/L/H from Table 1 "
-        "(default: micro; with --pretrained, the checkpoint's)",
+        choices=list(VIT_VARIANTS),
+        help="Micro (D=64, 4 blocks, 8 heads, MLP 128) or a paper size: Ti/S from DeiT, B/L/H from Table 1 "
+        "(default: Micro; with --pretrained, the checkpoint's)",
     )
     model.add_argument(
         "--patch-size",
         type=_number(int, 1),
-        default=None,
-        help="patch size P (default: 2 for digits, 4 for textures and cifar10, 16 for folders; with --pretrained, the checkpoint's)",
+        help="patch size P (default: 2 for digits, 4 for textures and cifar10, 16 for folders; with "
+        "--pretrained, the checkpoint's)",
     )
     model.add_argument(
         "--init",
@@ -192,9 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--pretrained",
-        type=Path,
         metavar="PATH",
-        default=None,
         help="fine-tune (§3.2) a going_modular checkpoint folder or an original JAX .npz: another --image-size "
         "resizes E_pos in 2-D, another number of classes gets a new zero-initialised head",
     )
@@ -209,22 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
         "fine-tuning recipe: no weight decay, cosine decay, clipping at 1",
     )
     optim.add_argument(
-        "--lr",
-        type=_number(float, 0, False),
-        default=None,
-        help="peak learning rate (default: 2e-3 for adamw, 0.01 for sgd)",
+        "--lr", type=_number(float, 0, False), help="peak learning rate (default: 2e-3 for adamw, 0.01 for sgd)"
     )
     optim.add_argument("--momentum", type=_number(float, 0, True, 1), default=0.9, help="SGD momentum")
     optim.add_argument(
-        "--weight-decay",
-        type=_number(float, 0),
-        default=None,
-        help="decoupled weight decay (default: 0.05 for adamw, 0 for sgd)",
+        "--weight-decay", type=_number(float, 0), help="decoupled weight decay (default: 0.05 for adamw, 0 for sgd)"
     )
     optim.add_argument(
         "--warmup-steps",
         type=_number(int, 0),
-        default=None,
         help="linear warm-up steps (default: min(100, 10%% of the training steps))",
     )
     optim.add_argument("--decay", choices=("cosine", "linear"), default="cosine", help="decay after warm-up")
@@ -234,141 +142,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the split, initialisation and shuffling")
     run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     run.add_argument(
-        "--threads",
-        type=_number(int, 1),
-        default=None,
-        help="CPU threads for PyTorch (default: PyTorch's choice; 1 is fastest for micro models)",
+        "--threads", type=_number(int, 1), help="CPU threads for PyTorch (default: PyTorch's; 1 suits Micro)"
     )
     run.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="mixed precision: bf16, or fp16 on CUDA")
-    run.add_argument("--compile", action="store_true", help="run the model through torch.compile")
-    run.add_argument(
-        "--output", type=Path, default=Path("runs/vit"), help="folder for the checkpoint, metrics and plot"
-    )
+    run.add_argument("--compile", action="store_true", help="run the training steps through torch.compile")
+    run.add_argument("--output", type=Path, default=Path("runs/vit"), help="folder for the checkpoint, metrics, plot")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars and per-epoch lines")
-    run.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --output from the training state saved after every epoch (same flags)",
-    )
+    run.add_argument("--resume", action="store_true", help="continue the run in --output from its last saved epoch")
     return parser
 
 
-# notebooks/A4_command_line.ipynb, cell 10
-LR = {"adamw": 2e-3, "sgd": 0.01}
-WEIGHT_DECAY = {"adamw": 0.05, "sgd": 0.0}
-
-
-def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Resolve the defaults that depend on another flag (the optimiser's learning rate and weight decay)."""
-    args.lr = args.lr or LR[args.optimizer]
-    args.weight_decay = WEIGHT_DECAY[args.optimizer] if args.weight_decay is None else args.weight_decay
-    return args
-
-
-def image_and_patch_size(args: argparse.Namespace, pretrained: dict | None = None) -> tuple[int, int]:
-    """The flags' image and patch size, else the pretrained model's, else the dataset's native ones."""
-    native_size, native_patch = NATIVE.get(args.dataset, FOLDER_NATIVE)
+# notebooks/A4_command_line.ipynb, cell 8
+def config_from_args(
+    args: argparse.Namespace, *, device: torch.device, pretrained: ViTConfig | None = None
+) -> TrainConfig:
+    """The run the flags describe, on ``device``; the image and patch size default to the ``pretrained`` model's."""
+    flags = {name: value for name, value in vars(args).items() if name in {field.name for field in fields(TrainConfig)}}
     if pretrained is not None:
-        native_size, native_patch = pretrained["img_size"], pretrained["patch_size"]
-    return args.image_size or native_size, args.patch_size or native_patch
+        flags |= dict(img_size=args.img_size or pretrained.img_size, patch_size=pretrained.patch_size)
+    return TrainConfig(**flags | dict(device=str(device), progress=not args.no_progress))
 
 
-def prepare(args: argparse.Namespace, device: torch.device) -> tuple[DataSplits, DataLoader, DataLoader, ViT]:
-    """Seed everything, then build the data, the loaders and the (initialised) model the flags describe."""
-    image_size, patch_size = image_and_patch_size(args)
-    set_seed(args.seed)
-    data = load_data(args.dataset, image_size=image_size, data_dir=args.data_dir, seed=args.seed, timeout=args.timeout)
-    train_loader, test_loader = create_dataloaders(
-        data, batch_size=args.batch_size, seed=args.seed, num_workers=args.num_workers, device=device
-    )
-    channels, classes = data.preprocessing["channels"], len(data.class_names)
-    if args.pretrained is not None:
-        model = from_pretrained(args.pretrained, img_size=image_size, num_classes=classes)
-        if model.config["in_channels"] != channels:
-            raise ValueError(f"--pretrained has {model.config['in_channels']} input channels, the data {channels}")
-        return data, train_loader, test_loader, model
-    model = build_model(
-        args.model or "micro",
-        image_size=image_size,
-        patch_size=patch_size,
-        in_channels=channels,
-        num_classes=classes,
-        drop_rate=args.dropout,
-    )
-    if args.init == "trunc_normal":
-        init_truncated_normal(model)
-    return data, train_loader, test_loader, model
-
-
-def fit(
-    model: ViT,
-    train_loader: DataLoader,
-    test_loader: DataLoader,
-    args: argparse.Namespace,
-    device: torch.device,
-    **resumable: object,
-) -> dict[str, list[float]]:
-    """``engine.train`` with the recipe of the flags (and its ``resume``, ``on_epoch_end``); the history per epoch."""
-    return train(
-        model,
-        train_loader,
-        test_loader,
-        epochs=args.epochs,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        decay=args.decay,
-        label_smoothing=args.label_smoothing,
-        clip_norm=args.clip_norm,
-        device=device,
-        amp=args.amp,
-        compile_model=args.compile,
-        progress=not args.no_progress,
-        **resumable,
-    )
-
-
-def checkpoint_metadata(data: DataSplits, history: dict[str, list[float]]) -> dict:
-    """What a checkpoint stores beside the weights: class names, preprocessing spec, history without timings."""
-    return {
-        "class_names": data.class_names,
-        "preprocessing": data.preprocessing,
-        "history": {key: values for key, values in history.items() if key != "seconds"},
-    }
-
-
-# notebooks/A4_command_line.ipynb, cell 11
-# Settings that change how a run is executed, not what it computes: --resume lets them differ.
-EXECUTION_SETTINGS = (
-    "resume",
-    "output",
-    "device",
-    "threads",
-    "num_workers",
-    "no_progress",
-    "compile",
-    "timeout",
-    "data_dir",
-)
-
-
+# notebooks/A4_command_line.ipynb, cell 9
 def _say(*parts: object) -> None:
     """``print``, on the main process only (under torchrun, rank 0)."""
-    if is_main_process():
+    if distributed.is_main_process():
         print(*parts)
-
-
-def run_settings(args: argparse.Namespace, image_size: int, patch_size: int) -> dict:
-    """The flags as JSON values, with the resolved image and patch size and the number of processes."""
-    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    return settings | {"image_size": image_size, "patch_size": patch_size, "processes": world()[1]}
 
 
 def resume_command(argv: Sequence[str]) -> str:
     """The command that continues this run: the same flags with --resume (through torchrun under torchrun)."""
-    processes, local = world()[1], os.environ.get("LOCAL_WORLD_SIZE")
+    processes, local = distributed.world()[1], os.environ.get("LOCAL_WORLD_SIZE")
     if processes == 1:
         launcher = "vit-train"
     elif local == str(processes):
@@ -378,82 +182,51 @@ def resume_command(argv: Sequence[str]) -> str:
     return f"{launcher} {shlex.join([*argv, *([] if '--resume' in argv else ['--resume'])])}"
 
 
-def write_outputs(
-    model: ViT, data: DataSplits, history: dict, settings: dict, device: torch.device, output: Path
-) -> None:
-    """The checkpoint, metrics.json and loss_curve.png of a finished run, each written atomically."""
-    save_model(model, output / "checkpoint", checkpoint_metadata(data, history) | {"training": settings})
-    metrics = {
-        "settings": settings,
-        "device": str(device),
-        "seconds": sum(history["seconds"]),
-        "history": history,
-        "test_accuracy": history["test_accuracy"][-1],
-        "test_loss": history["test_loss"][-1],
-    }
-    with atomic_write(output / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    figure = plot_curves(history)
-    with atomic_write(output / "loss_curve.png") as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
-    print(
-        f"test accuracy {metrics['test_accuracy']:.4f} after {metrics['seconds']:.1f} s of training; wrote {output}/"
-        "{checkpoint/, metrics.json, loss_curve.png}"
-    )
-
-
-def run(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str], device: torch.device, settings: dict
+def train_and_report(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str], config: TrainConfig
 ) -> int:
-    """Train, or resume, the run of the checked flags on this process; write its outputs; the exit status."""
-    state_file, resume = args.output / TRAINING_STATE_FILE, None
+    """Train, or resume, the run of ``config`` on this process; report it, write its outputs; the exit status."""
+    settings = asdict(config) | {"processes": distributed.world()[1]}
+    state_file, saved = args.output / resume.TRAINING_STATE_FILE, None
     if args.resume:
         try:
-            resume = read_training_state(state_file)
-        except (FileNotFoundError, TrainingStateError) as err:
+            saved = resume.read_training_state(state_file)
+        except (FileNotFoundError, resume.TrainingStateError) as err:
             parser.error(f"--resume: {err}")
-        differences = settings_differences(resume["settings"], settings, ignore=EXECUTION_SETTINGS)
+        differences = resume.settings_differences(saved["settings"], settings, ignore=EXECUTION_FIELDS)
         if differences:
             parser.error(f"--resume: {state_file} was saved with other settings:\n  " + "\n  ".join(differences))
-    last_saved = 0 if resume is None else resume["epoch"]
+    last_saved = 0 if saved is None else saved["epoch"]
     try:
-        data, train_loader, test_loader, model = prepare(args, device)
-        total_steps = args.epochs * len(train_loader)
-        if args.warmup_steps is not None and args.warmup_steps >= total_steps:
-            parser.error(f"--warmup-steps {args.warmup_steps} must be below the {total_steps} training steps")
-        rank = world()[0]
-        if rank > 0:  # dropout draws other numbers on every process; rank 0 draws those of a single process
-            set_seed(stream_seed(args.seed, rank))
-        if resume is not None:
-            set_rng_state(resume["rng"][rank], train_loader.generator)
+        run = prepare(config)
+        total_steps = config.epochs * len(run.train_loader)
+        if config.warmup_steps is not None and config.warmup_steps >= total_steps:
+            parser.error(f"--warmup-steps {config.warmup_steps} must be below the {total_steps} training steps")
+        data, size = run.data, config.img_size
         _say(
-            f"data: {args.dataset} | {len(data.train)} train / {len(data.test)} test images | "
-            f"{len(data.class_names)} classes | {settings['image_size']}x{settings['image_size']} px"
+            f"data: {config.dataset} | {len(data.train)} train / {len(data.test)} test images | "
+            f"{len(data.class_names)} classes | {size}x{size} px"
         )
-        name = (
-            f"pretrained {args.pretrained}"
-            if args.pretrained
-            else f"ViT-{args.model or 'micro'}/{settings['patch_size']}"
-        )
-        _say(f"model: {name} | {sum(p.numel() for p in model.parameters()):,} parameters")
+        name = f"pretrained {config.pretrained}" if config.pretrained else f"ViT-{config.model}/{config.patch_size}"
+        _say(f"model: {name} | {sum(p.numel() for p in run.model.parameters()):,} parameters")
         _say(
-            f"training: {args.epochs} epochs x {len(train_loader)} steps | {args.optimizer} lr {args.lr} | "
-            f"device {device} | amp {args.amp} | {world()[1]} process(es)"
-            + (f" | resuming after epoch {last_saved}" if resume is not None else "")
+            f"training: {config.epochs} epochs x {len(run.train_loader)} steps | {config.optimizer} lr {config.lr} | "
+            f"device {config.device} | amp {config.amp} | {distributed.world()[1]} process(es)"
+            + (f" | resuming after epoch {last_saved}" if saved is not None else "")
         )
 
         def save(state: dict) -> None:
             nonlocal last_saved
-            save_training_state(state_file, state, settings=settings, generator=train_loader.generator)
+            resume.save_training_state(state_file, state, settings=settings, generator=run.train_loader.generator)
             last_saved = state["epoch"]
 
-        with StopRequest() as stop:
-            history = fit(
-                model, stop.between_steps(train_loader), test_loader, args, device, resume=resume, on_epoch_end=save
-            )
-    except TrainingStopped as stopped:
-        if is_main_process():
+        hooks = resume.resumable(
+            distributed.distributed_hooks(), state=saved, on_state=save, generator=run.train_loader.generator
+        )
+        with resume.StopRequest() as stop:
+            history = fit(replace(run, train_loader=stop.between_steps(run.train_loader)), config, hooks)
+    except resume.TrainingStopped as stopped:
+        if distributed.is_main_process():
             where = f"stopped in epoch {last_saved + 1} before step {stopped.step + 1} of {stopped.steps}"
             if last_saved:
                 print(f"{where}; the state after epoch {last_saved} is in {state_file}. To continue:", file=sys.stderr)
@@ -464,10 +237,14 @@ def run(
     except (DownloadError, UnreadableImageError, NonFiniteLossError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    warmup = args.warmup_steps if args.warmup_steps is not None else default_warmup_steps(total_steps)
-    if is_main_process():
-        write_outputs(model, data, history, settings | {"warmup_steps": warmup}, device, args.output)
-    wait_for_all()
+    if distributed.is_main_process():
+        warmup = default_warmup_steps(total_steps) if config.warmup_steps is None else config.warmup_steps
+        metrics = save_outputs(run, history, settings | {"warmup_steps": warmup}, args.output)
+        print(
+            f"test accuracy {metrics['test_accuracy']:.4f} after {metrics['seconds']:.1f} s of training; wrote "
+            f"{args.output}/{{checkpoint/, metrics.json, loss_curve.png}}"
+        )
+    distributed.wait_for_all()
     return 0
 
 
@@ -485,51 +262,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             pretrained = pretrained_config(args.pretrained)
         except (FileNotFoundError, ValueError) as err:
             parser.error(f"--pretrained: {err}")
-    fill_defaults(args)
-    image_size, patch_size = image_and_patch_size(args, pretrained)
-    if image_size % patch_size:
-        parser.error(f"--image-size {image_size} must be a multiple of --patch-size {patch_size}")
     try:
         device = get_device(args.device)
     except ValueError as err:
         parser.error(f"--device: {err}")
-    if args.amp == "fp16" and device.type != "cuda":
+    config = config_from_args(args, device=device, pretrained=pretrained)
+    if config.img_size % config.patch_size:
+        parser.error(f"--image-size {config.img_size} must be a multiple of --patch-size {config.patch_size}")
+    if config.amp == "fp16" and device.type != "cuda":
         parser.error(f"--amp fp16 needs a CUDA device, got {device}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        device = start_processes(device)
+        device = distributed.start_processes(device)
     except ValueError as err:
         parser.error(f"torchrun: {err}")
     try:
-        if args.batch_size % world()[1]:
+        processes = distributed.world()[1]
+        if args.batch_size % processes:
             parser.error(
-                f"--batch-size {args.batch_size} (the global batch) must be a multiple of the {world()[1]} processes"
+                f"--batch-size {args.batch_size} (the global batch) must be a multiple of the {processes} processes"
             )
-        return run(parser, args, argv, device, run_settings(args, image_size, patch_size))
+        return train_and_report(parser, args, argv, replace(config, device=str(device)))
     finally:
-        stop_processes()
+        distributed.stop_processes()
 
 
 if __name__ == "__main__" and "ipykernel" not in sys.modules:  # not when this cell runs in a notebook
     raise SystemExit(main())
-
-
-# notebooks/A4_command_line.ipynb, cell 13
-def digits_checkpoint(folder: str | Path = "models/vit-digits") -> Path:
-    """The checkpoint of the training chapter's digits ViT in ``folder``; trained (~20 s on a CPU) when missing."""
-    folder = Path(folder)
-    try:
-        read_checkpoint(folder)
-        return folder
-    except (FileNotFoundError, CheckpointError):
-        pass
-    args = fill_defaults(build_parser().parse_args(["--no-progress", "--device", "cpu"]))
-    device, threads = torch.device("cpu"), torch.get_num_threads()
-    torch.set_num_threads(1)  # the chapter trains on one thread: the same bits, and faster for a model this small
-    try:
-        data, train_loader, test_loader, model = prepare(args, device)
-        history = fit(model, train_loader, test_loader, args, device)
-    finally:
-        torch.set_num_threads(threads)
-    return save_model(model, folder, checkpoint_metadata(data, history))

@@ -16,7 +16,17 @@ import torch
 from conftest import train_in_process
 from ddp_replicas import train_a_few_steps
 from going_modular.data import create_dataloaders, load_digits_data
-from going_modular.distributed import any_process, gather_objects, replicate, start_processes, sum_over_processes, world
+from going_modular.distributed import (
+    any_process,
+    distributed_hooks,
+    gather_objects,
+    replicate,
+    seed_this_process,
+    start_processes,
+    sum_over_processes,
+    world,
+)
+from going_modular.engine import TrainingHooks
 from going_modular.resume import TRAINING_STATE_FILE, read_training_state
 from going_modular.train import main
 
@@ -33,6 +43,27 @@ def test_one_process_is_rank_0_of_1_and_every_collective_returns_its_input():
     assert world() == (0, 1) and replicate(model) is model
     assert sum_over_processes(1.5, 3) == [1.5, 3] and any_process(True) and not any_process(False)
     assert gather_objects("x") == ["x"] and start_processes(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_distributed_hooks_change_nothing_on_one_process_and_keep_the_hooks_they_extend():
+    model, wrapped = torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Linear(2, 2))
+    hooks = distributed_hooks()
+    assert hooks.wrap(model) is model and hooks.reduce(1.5, 3) == [1.5, 3] and hooks.prints
+    inner = TrainingHooks(wrap=lambda m: wrapped, prints=False, epoch_end=print)
+    extended = distributed_hooks(inner)
+    assert extended.wrap(model) is wrapped and not extended.prints and extended.epoch_end is print
+
+
+def test_seed_this_process_leaves_rank_0_and_reseeds_the_others(monkeypatch):
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    seed_this_process(3)
+    assert torch.equal(torch.rand(4), expected)  # rank 0 draws what one process draws
+    monkeypatch.setattr("going_modular.distributed.world", lambda: (1, 2))
+    torch.manual_seed(3)
+    seed_this_process(3)
+    assert not torch.equal(torch.rand(4), expected)
 
 
 @pytest.mark.parametrize("processes", [2, 3, 4])
@@ -70,8 +101,8 @@ def test_create_dataloaders_refuses_impossible_shares(kwargs, message):
 
 
 def test_batch_size_must_split_over_the_processes(monkeypatch, capsys):
-    monkeypatch.setattr("going_modular.train.start_processes", lambda device: device)
-    monkeypatch.setattr("going_modular.train.world", lambda: (0, 3))
+    monkeypatch.setattr("going_modular.distributed.start_processes", lambda device: device)
+    monkeypatch.setattr("going_modular.distributed.world", lambda: (0, 3))
     with pytest.raises(SystemExit) as info:
         main(["--batch-size", "64"])
     assert info.value.code == 2 and "must be a multiple of the 3 processes" in capsys.readouterr().err

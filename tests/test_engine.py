@@ -1,4 +1,4 @@
-"""Tests for going_modular.engine: device, optimiser, schedule, one epoch, evaluation and the training loop."""
+"""Tests for going_modular.engine: optimiser, schedule, one epoch, evaluation, the training loop and its hooks."""
 
 import math
 
@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from going_modular.data import create_dataloaders, load_digits_data, set_seed
+from going_modular.data import create_dataloaders, load_digits_data
 from going_modular.engine import (
     NonFiniteLossError,
+    TrainingHooks,
     build_optimizer,
     build_scheduler,
     default_warmup_steps,
@@ -19,6 +20,7 @@ from going_modular.engine import (
     train,
     train_one_epoch,
 )
+from going_modular.runtime import set_seed
 from going_modular.vit import ViT
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -171,6 +173,31 @@ def test_gradient_clipping_bounds_the_update():
     assert update.norm().item() == pytest.approx(1e-3, rel=1e-3)  # the raw gradient norm is far above 1e-3
 
 
+def test_a_loss_scaler_changes_no_update_unless_a_gradient_overflows():
+    """fp16's GradScaler path (here the CPU's scaler, in float32): a power-of-two scale is undone exactly before
+    clipping; a scale so large that a gradient overflows skips that step and lowers the scale."""
+
+    def one_epoch(scaler: torch.amp.GradScaler | None, batch_size: int = 4, gain: float = 1.0) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        x, y = gain * torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        loader = DataLoader(TensorDataset(x, y), batch_size=batch_size)
+        train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, device=torch.device("cpu"), scaler=scaler)
+        return [p.detach() for p in model.parameters()]
+
+    plain = one_epoch(None)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(plain, one_epoch(torch.amp.GradScaler("cpu", init_scale=2.0**10)), strict=True)
+    )
+    overflowing = torch.amp.GradScaler("cpu", init_scale=2.0**127)
+    torch.manual_seed(0)
+    start = [p.detach().clone() for p in nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).parameters()]
+    skipped = one_epoch(overflowing, batch_size=8, gain=1e6)  # one step, whose scaled gradients overflow
+    assert all(torch.equal(a, b) for a, b in zip(start, skipped, strict=True)) and overflowing.get_scale() < 2.0**127
+
+
 def test_empty_loader_is_an_error():
     empty = DataLoader(TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)), batch_size=2)
     with pytest.raises(ValueError, match="no batches"):
@@ -223,23 +250,131 @@ class Untouchable:
         raise AssertionError("training started before the arguments were checked")
 
 
+def own_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.1)
+
+
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, error, message",
     [
-        (dict(epochs=0), "epochs"),
-        (dict(amp="fp8"), "amp"),
-        (dict(amp="fp16"), "CUDA"),
-        (dict(label_smoothing=1.0), "label_smoothing"),
-        (dict(clip_norm=0.0), "clip_norm"),
-        (dict(warmup_steps=4), "warmup_steps"),
+        (dict(epochs=0), ValueError, "epochs"),
+        (dict(amp="fp8"), ValueError, "amp"),
+        (dict(amp="fp16"), ValueError, "CUDA"),
+        (dict(label_smoothing=1.0), ValueError, "label_smoothing"),
+        (dict(clip_norm=0.0), ValueError, "clip_norm"),
+        (dict(warmup_steps=4), ValueError, "warmup_steps"),
+        (dict(optimizer="lamb"), ValueError, "optimizer must be 'adamw' or 'sgd', got 'lamb'"),
+        (dict(optimizer=42), TypeError, "optimizer must be 'adamw', 'sgd' or a torch.optim.Optimizer, got int"),
+        (
+            dict(optimizer=own_optimizer, lr=0.5),
+            ValueError,
+            r"\['lr'\] set up a named optimizer: give them to your SGD",
+        ),
+        (dict(scheduler="step"), TypeError, "scheduler must be 'cosine', 'linear' or a torch LRScheduler, got 'step'"),
+        (dict(scheduler=0.5), TypeError, "got 0.5"),
+        (dict(scheduler=lambda opt: None), TypeError, "scheduler must be"),
     ],
 )
-def test_bad_arguments_fail_before_training(kwargs, message):
+def test_bad_arguments_fail_before_training(kwargs, error, message):
     if kwargs.get("amp") == "fp16" and torch.cuda.is_available():
         pytest.skip("fp16 is allowed when CUDA is available")
-    arguments = dict(epochs=1) | kwargs
-    with pytest.raises(ValueError, match=message):
-        train(tiny_vit(), Untouchable(), Untouchable(), progress=False, **arguments)
+    model, kwargs = tiny_vit(), dict(kwargs)
+    if callable(kwargs.get("optimizer")):
+        kwargs["optimizer"] = kwargs["optimizer"](model)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with pytest.raises(error, match=message):
+        train(model, Untouchable(), Untouchable(), progress=False, **(dict(epochs=1) | kwargs))
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+
+
+def test_a_scheduler_of_your_own_must_schedule_the_optimizer_used_and_set_its_own_warmup():
+    model = tiny_vit()
+    mine = own_optimizer(model)
+    other = torch.optim.lr_scheduler.StepLR(own_optimizer(tiny_vit()), step_size=1)
+    for kwargs in (dict(scheduler=other), dict(optimizer=mine, scheduler=other)):
+        with pytest.raises(ValueError, match="a scheduler of your own must schedule the optimizer given"):
+            train(model, Untouchable(), Untouchable(), epochs=1, progress=False, **kwargs)
+    ok = torch.optim.lr_scheduler.StepLR(mine, step_size=1)
+    with pytest.raises(ValueError, match="warmup_steps must be None"):
+        train(model, Untouchable(), Untouchable(), epochs=1, optimizer=mine, scheduler=ok, warmup_steps=2)
+
+
+def test_an_optimizer_and_scheduler_of_your_own_train_as_the_named_ones(digits_loaders):
+    """The objects the names build, given as objects, give the same run to the last bit."""
+    recipe = dict(lr=3e-3, weight_decay=0.05)
+
+    def run(objects: bool) -> tuple[dict, dict]:
+        set_seed(0)
+        model = tiny_vit()
+        if not objects:
+            history = train(model, *digits_loaders, epochs=2, warmup_steps=3, progress=False, **recipe)
+        else:
+            optimizer = build_optimizer(model, **recipe)
+            scheduler = build_scheduler(optimizer, total_steps=2 * len(digits_loaders[0]), warmup_steps=3)
+            history = train(model, *digits_loaders, epochs=2, optimizer=optimizer, scheduler=scheduler, progress=False)
+        del history["seconds"]
+        return history, model.state_dict()
+
+    (named, named_weights), (own, own_weights) = run(objects=False), run(objects=True)
+    assert own == named and named["lr"][0] != named["lr"][1]
+    assert all(torch.equal(named_weights[name], own_weights[name]) for name in named_weights)
+
+
+class Counting(nn.Module):
+    """Wraps a model and counts the batches it sees (a stand-in for DistributedDataParallel)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.batches = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches += 1
+        return self.model(x)
+
+
+def test_hooks_wrap_the_steps_reduce_every_pass_and_see_every_epoch(digits_loaders, capsys):
+    wrapped, reduced, ends = [], [], []
+
+    def wrap(model: nn.Module) -> nn.Module:
+        wrapped.append(Counting(model))
+        return wrapped[-1]
+
+    def reduce(*sums: float) -> list[float]:
+        reduced.append(sums)
+        return list(sums)
+
+    hooks = TrainingHooks(
+        wrap=wrap,
+        reduce=reduce,
+        epoch_end=lambda epoch, history, parts: ends.append((epoch, dict(parts))),
+        prints=False,
+    )
+    set_seed(0)
+    model = tiny_vit()
+    history = train(model, *digits_loaders, epochs=2, hooks=hooks, progress=True)
+    assert len(wrapped) == 1 and wrapped[0].model is model
+    assert wrapped[0].batches == 2 * len(digits_loaders[0])  # the training steps, not the evaluation
+    assert [seen for _, _, seen in reduced] == [len(digits_loaders[0]) * 128, 360] * 2  # train, test; per epoch
+    assert [epoch for epoch, _ in ends] == [1, 2] and set(ends[0][1]) == {"model", "optimizer", "scheduler", "scaler"}
+    assert ends[0][1]["model"] is model and len(history["lr"]) == 2
+    assert capsys.readouterr().out == ""  # prints=False: this process does not report
+
+
+def test_a_restored_history_continues_with_the_next_epoch(digits_loaders):
+    restored = {key: [0.5] for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds")}
+    calls, ends = [], []
+
+    def restore(parts: dict) -> dict:
+        calls.append(sorted(parts))
+        return {key: list(values) for key, values in restored.items()}
+
+    hooks = TrainingHooks(restore=restore, epoch_end=lambda epoch, history, parts: ends.append(epoch))
+    history = train(tiny_vit(), *digits_loaders, epochs=3, hooks=hooks, progress=False)
+    assert calls == [["model", "optimizer", "scaler", "scheduler"]] and ends == [2, 3]
+    assert history["lr"][0] == 0.5 and len(history["lr"]) == 3
+    too_long = TrainingHooks(restore=lambda parts: {key: values * 4 for key, values in restored.items()})
+    with pytest.raises(ValueError, match="the restored run has trained 4 epochs, more than epochs=3"):
+        train(tiny_vit(), *digits_loaders, epochs=3, hooks=too_long, progress=False)
 
 
 def test_truncated_normal_init_redraws_weights_and_zeroes_biases():

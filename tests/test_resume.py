@@ -23,8 +23,8 @@ import torch
 from conftest import train_in_process
 from going_modular.ablations import subset
 from going_modular.checkpoint import read_checkpoint
-from going_modular.data import create_dataloaders, load_digits_data, set_seed
-from going_modular.engine import build_optimizer, build_scheduler, init_truncated_normal, train
+from going_modular.data import create_dataloaders, load_digits_data
+from going_modular.engine import TrainingHooks, build_optimizer, build_scheduler, init_truncated_normal, train
 from going_modular.resume import (
     TRAINING_STATE_FILE,
     StopRequest,
@@ -32,13 +32,16 @@ from going_modular.resume import (
     TrainingStopped,
     load_state_dicts,
     read_training_state,
+    resumable,
     rng_state,
     save_training_state,
     set_rng_state,
     settings_differences,
     state_dicts,
 )
-from going_modular.train import build_model, main
+from going_modular.runtime import set_seed
+from going_modular.train import main
+from going_modular.variants import create_vit
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # see conftest.py
 
@@ -64,7 +67,7 @@ def digits_run(seed: int = 0) -> tuple:
     set_seed(seed)
     data = subset(load_digits_data(seed=seed), 0.3, seed=seed)
     train_loader, test_loader = create_dataloaders(data, batch_size=64, seed=seed)
-    model = init_truncated_normal(build_model("micro", image_size=8, patch_size=2, in_channels=1, num_classes=10))
+    model = init_truncated_normal(create_vit("Micro/2", img_size=8, in_channels=1, num_classes=10))
     return model, train_loader, test_loader
 
 
@@ -77,25 +80,35 @@ def test_train_resumed_from_any_epoch_equals_the_uninterrupted_run(recipe):
     model.apply(lambda m: setattr(m, "p", dropout) if isinstance(m, torch.nn.Dropout) else None)
     states = {}
 
-    def keep(state: dict) -> None:
-        states[state["epoch"]] = copy.deepcopy(state) | {"rng": rng_state(train_loader.generator)}
+    def keep(state: dict) -> None:  # as a file keeps it: with the generators of every process, by rank
+        states[state["epoch"]] = copy.deepcopy(state) | {"rng": [rng_state(train_loader.generator)]}
 
-    history = train(model, train_loader, test_loader, on_epoch_end=keep, **recipe)
+    history = train(model, train_loader, test_loader, hooks=resumable(on_state=keep), **recipe)
     assert sorted(states) == [1, 2, 3]
     for epoch in (1, 2, 3):
         resumed_model, loader, test_loader = digits_run()
         resumed_model.apply(lambda m: setattr(m, "p", dropout) if isinstance(m, torch.nn.Dropout) else None)
-        set_rng_state(states[epoch]["rng"], loader.generator)
-        resumed = train(resumed_model, loader, test_loader, resume=states[epoch], **recipe)
+        hooks = resumable(state=states[epoch], generator=loader.generator)
+        resumed = train(resumed_model, loader, test_loader, hooks=hooks, **recipe)
         assert {key: resumed[key] for key in COMPARED} == {key: history[key] for key in COMPARED}
         for name, tensor in model.state_dict().items():
             assert torch.equal(tensor, resumed_model.state_dict()[name]), (epoch, name)
 
 
-def test_train_refuses_a_state_beyond_its_epochs():
-    model, train_loader, test_loader = digits_run()
-    with pytest.raises(ValueError, match="resume holds epoch 4 of a run of 3 epochs"):
-        train(model, train_loader, test_loader, epochs=3, resume={"epoch": 4})
+def test_resumable_keeps_the_hooks_it_extends():
+    calls = []
+    inner = TrainingHooks(
+        restore=lambda parts: calls.append("restore"), epoch_end=lambda epoch, history, parts: calls.append(epoch)
+    )
+    layer = torch.nn.Linear(2, 2)
+    optimizer = build_optimizer(layer)
+    parts = dict(model=layer, optimizer=optimizer, scheduler=build_scheduler(optimizer, total_steps=4), scaler=None)
+    saved = []
+    hooks = resumable(inner, on_state=saved.append)
+    assert hooks.restore(parts) is None and calls == ["restore"]  # no state: the inner hooks decide
+    hooks.epoch_end(1, {"lr": [0.1]}, parts)
+    assert calls == ["restore", 1] and saved[0]["epoch"] == 1 and saved[0]["history"] == {"lr": [0.1]}
+    assert saved[0]["optimizer"] == optimizer.state_dict() and saved[0]["scaler"] is None
 
 
 def test_load_state_dicts_refuses_a_state_without_a_part_the_run_has():

@@ -1,4 +1,4 @@
-"""Tests for the command line, going_modular.train: flags, errors, and a full run in a subprocess."""
+"""Tests for the command line, going_modular.train: flags, their configuration, errors, and full runs."""
 
 import json
 import os
@@ -13,10 +13,12 @@ import torch
 from PIL import Image
 
 from conftest import write_jax_npz
-from going_modular.checkpoint import load_model, save_model
+from going_modular.checkpoint import load_model
 from going_modular.data import create_dataloaders, load_digits_data
 from going_modular.plots import predict
-from going_modular.train import build_model, build_parser, digits_checkpoint, main
+from going_modular.train import build_parser, config_from_args, main
+from going_modular.training import TrainConfig
+from going_modular.variants import create_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -70,13 +72,31 @@ def test_bad_flags_exit_2_with_usage(argv, message, capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_build_model_sizes():
-    micro = build_model("micro", image_size=8, patch_size=2, in_channels=1, num_classes=10)
-    assert (micro.config["embed_dim"], micro.config["depth"], micro.config["in_channels"]) == (64, 4, 1)
-    tiny = build_model("Ti", image_size=32, patch_size=8, in_channels=3, num_classes=5, drop_rate=0.1)
-    assert (tiny.config["embed_dim"], tiny.config["num_heads"], tiny.config["drop_rate"]) == (192, 3, 0.1)
-    with pytest.raises(ValueError, match="model size"):
-        build_model("XL", image_size=8, patch_size=2, in_channels=1, num_classes=10)
+def config_of(*flags: str) -> TrainConfig:
+    return config_from_args(build_parser().parse_args(list(flags)), device=torch.device("cpu"))
+
+
+def test_the_default_flags_are_the_training_chapters_run():
+    assert config_of() == TrainConfig() and config_of().model == "Micro"
+    assert config_of("--no-progress").progress is False and config_of("--compile").compile is True
+
+
+def test_the_flags_resolve_the_defaults_that_depend_on_other_flags():
+    sgd = config_of("--optimizer", "sgd", "--dataset", "textures", "--model", "Ti")
+    assert (sgd.lr, sgd.weight_decay, sgd.img_size, sgd.patch_size, sgd.model) == (0.01, 0.0, 32, 4, "Ti")
+    given = config_of("--optimizer", "sgd", "--lr", "0.1", "--weight-decay", "0.01", "--image-size", "16")
+    assert (given.lr, given.weight_decay, given.img_size, given.patch_size) == (0.1, 0.01, 16, 2)
+    folder = config_of("--dataset", "some/folder", "--data-dir", "elsewhere")
+    assert (folder.img_size, folder.patch_size, folder.data_dir) == (224, 16, "elsewhere")
+
+
+def test_pretrained_sizes_come_from_its_configuration():
+    pretrained = create_vit("Micro/4", img_size=16, in_channels=1, num_classes=10).config
+    args = build_parser().parse_args(["--pretrained", "run/checkpoint"])
+    config = config_from_args(args, device=torch.device("cpu"), pretrained=pretrained)
+    assert (config.img_size, config.patch_size, config.model, config.pretrained) == (16, 4, None, "run/checkpoint")
+    args = build_parser().parse_args(["--pretrained", "run/checkpoint", "--image-size", "32"])
+    assert config_from_args(args, device=torch.device("cpu"), pretrained=pretrained).img_size == 32
 
 
 @pytest.mark.slow
@@ -120,7 +140,7 @@ def test_full_run_in_a_subprocess_writes_its_outputs(tmp_path):
 
     model, metadata = load_model(output / "checkpoint")
     assert metadata["class_names"] == [str(d) for d in range(10)]
-    assert metadata["preprocessing"]["image_size"] == [8, 8]
+    assert metadata["preprocessing"]["img_size"] == [8, 8]
     _, test_loader = create_dataloaders(load_digits_data(seed=0), batch_size=128)
     predictions, labels = predict(model, test_loader)
     accuracy = (predictions == labels).float().mean().item()
@@ -220,44 +240,6 @@ def test_a_short_run_gets_a_short_default_warmup(tmp_path, capsys):
     assert "seconds" not in metadata["history"] and metadata["training"]["epochs"] == 1
 
 
-def test_digits_checkpoint_returns_a_valid_folder_without_training(tmp_path, monkeypatch):
-    model = build_model("micro", image_size=8, patch_size=2, in_channels=1, num_classes=10)
-    spec = load_digits_data().preprocessing
-    folder = save_model(
-        model, tmp_path / "vit-digits", {"class_names": [str(d) for d in range(10)], "preprocessing": spec}
-    )
-    monkeypatch.setattr("going_modular.train.fit", lambda *args: pytest.fail("must not train"))
-    assert digits_checkpoint(folder) == folder
-
-
-def test_digits_checkpoint_trains_when_the_folder_is_missing_or_invalid(tmp_path, monkeypatch):
-    import going_modular.train as cli
-
-    calls = []
-
-    def quick_fit(model, train_loader, test_loader, args, device):
-        calls.append((args.epochs, args.seed, args.threads, torch.get_num_threads()))
-        return {
-            "train_loss": [1.0],
-            "train_accuracy": [0.5],
-            "test_loss": [1.0],
-            "test_accuracy": [0.5],
-            "lr": [0.0],
-            "seconds": [1.0],
-        }
-
-    monkeypatch.setattr(cli, "fit", quick_fit)
-    (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "config.json").write_text("{}")
-    (tmp_path / "broken" / "model.safetensors").write_bytes(b"")
-    for name in ("missing", "broken"):
-        folder = digits_checkpoint(tmp_path / name)
-        model, metadata = load_model(folder)
-        assert model.config["embed_dim"] == 64 and metadata["history"]["test_accuracy"] == [0.5]
-        assert "seconds" not in metadata["history"]
-    assert calls == [(20, 0, None, 1)] * 2  # the command line's defaults, on one thread
-
-
 def test_pretrained_digits_at_8_pixels_fine_tune_at_16(tmp_path, capsys):
     assert main(["--epochs", "8", "--no-progress", "--output", str(tmp_path / "pre")]) == 0
     argv = ["--pretrained", str(tmp_path / "pre" / "checkpoint"), "--image-size", "16", "--optimizer", "sgd"]
@@ -265,7 +247,7 @@ def test_pretrained_digits_at_8_pixels_fine_tune_at_16(tmp_path, capsys):
     assert status == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "fine" / "metrics.json").read_text())
     settings = metrics["settings"]
-    assert (settings["image_size"], settings["patch_size"], settings["lr"], settings["weight_decay"]) == (
+    assert (settings["img_size"], settings["patch_size"], settings["lr"], settings["weight_decay"]) == (
         16,
         2,
         0.01,
@@ -274,11 +256,11 @@ def test_pretrained_digits_at_8_pixels_fine_tune_at_16(tmp_path, capsys):
     assert settings["warmup_steps"] == (3 * 23) // 10  # the default: 10% of a short run
     assert metrics["test_accuracy"] >= 0.85
     model, _ = load_model(tmp_path / "fine" / "checkpoint")
-    assert model.config["img_size"] == 16 and model.position_embedding.shape == (1, 1 + 8 * 8, 64)
+    assert model.config.img_size == 16 and model.position_embedding.shape == (1, 1 + 8 * 8, 64)
 
 
 def test_pretrained_jax_npz_with_other_classes_gets_a_new_head(tmp_path, capsys):
-    write_jax_npz(tmp_path / "tiny.npz", build_model("micro", image_size=8, patch_size=2, in_channels=1, num_classes=7))
+    write_jax_npz(tmp_path / "tiny.npz", create_vit("Micro/2", img_size=8, in_channels=1, num_classes=7))
     argv = [
         "--pretrained",
         str(tmp_path / "tiny.npz"),
@@ -290,12 +272,12 @@ def test_pretrained_jax_npz_with_other_classes_gets_a_new_head(tmp_path, capsys)
     ]
     assert main(argv) == 0, capsys.readouterr().err
     model, _ = load_model(tmp_path / "run" / "checkpoint")
-    assert model.config["num_classes"] == 10 and model.config["gelu_approximate"] == "tanh"
-    assert model.config["embed_dim"] == 64 and model.config["img_size"] == 8
+    assert model.config.num_classes == 10 and model.config.gelu_approximate == "tanh"
+    assert model.config.embed_dim == 64 and model.config.img_size == 8
 
 
 def test_pretrained_with_other_channels_exits_1(tmp_path, capsys):
-    write_jax_npz(tmp_path / "rgb.npz", build_model("micro", image_size=8, patch_size=2, in_channels=3, num_classes=10))
+    write_jax_npz(tmp_path / "rgb.npz", create_vit("Micro/2", img_size=8, in_channels=3, num_classes=10))
     argv = [
         "--pretrained",
         str(tmp_path / "rgb.npz"),
@@ -306,7 +288,7 @@ def test_pretrained_with_other_channels_exits_1(tmp_path, capsys):
         str(tmp_path / "r"),
     ]
     assert main(argv) == 1
-    assert "--pretrained has 3 input channels, the data 1" in capsys.readouterr().err
+    assert f"the pretrained model {tmp_path / 'rgb.npz'} has 3 input channels, the data 1" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
@@ -324,6 +306,6 @@ def test_textures_dataset_from_the_command_line(tmp_path, capsys):
     ]
     assert main(argv) == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
-    assert (metrics["settings"]["image_size"], metrics["settings"]["patch_size"]) == (16, 4)
+    assert (metrics["settings"]["img_size"], metrics["settings"]["patch_size"]) == (16, 4)
     _, metadata = load_model(tmp_path / "t" / "checkpoint")
     assert len(metadata["class_names"]) == 4 and metadata["preprocessing"]["channels"] == 3
