@@ -27,6 +27,7 @@ __all__ = [
     "TORCHVISION_RULES",
     "VIT_VARIANTS",
     "ViT",
+    "ViTConfig",
     "check_images",
     "count_macs",
     "count_parameters",
@@ -37,11 +38,13 @@ __all__ = [
     "load_pretrained",
     "load_timm_state_dict",
     "load_torchvision_state_dict",
+    "parse_variant",
     "patchify",
     "resize_position_embedding",
     "to_pair",
     "to_timm_state_dict",
     "to_torchvision_state_dict",
+    "vit_config",
 ]
 
 
@@ -83,8 +86,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time importing the
         to_torchvision_state_dict,
     )
     from going_modular.pretrained import load_pretrained
-    from going_modular.variants import VIT_VARIANTS, count_macs, count_parameters, create_vit
-    from going_modular.vit import ViT
+    from going_modular.variants import VIT_VARIANTS, count_macs, count_parameters, create_vit, parse_variant, vit_config
+    from going_modular.vit import ViT, ViTConfig
 
 _MODULE_OF = {
     "ConvStem": "embedding",
@@ -99,6 +102,7 @@ _MODULE_OF = {
     "TORCHVISION_RULES": "porting",
     "VIT_VARIANTS": "variants",
     "ViT": "vit",
+    "ViTConfig": "vit",
     "check_images": "patches",
     "count_macs": "variants",
     "count_parameters": "variants",
@@ -109,11 +113,13 @@ _MODULE_OF = {
     "load_pretrained": "pretrained",
     "load_timm_state_dict": "porting",
     "load_torchvision_state_dict": "porting",
+    "parse_variant": "variants",
     "patchify": "patches",
     "resize_position_embedding": "embedding",
     "to_pair": "patches",
     "to_timm_state_dict": "porting",
     "to_torchvision_state_dict": "porting",
+    "vit_config": "variants",
 }
 
 

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from going_modular.data import DataSplits, create_dataloaders, load_digits_data, load_textures_data, set_seed
+from going_modular.data import DataSplits, create_dataloaders, load_digits_data, load_textures_data
 from going_modular.engine import init_truncated_normal, train
+from going_modular.runtime import set_seed
 from going_modular.variants import vit_config
 from going_modular.vit import ViT, ViTConfig
 
@@ -88,7 +89,7 @@ class ViT2DPosition(ViT):
 
 
 # notebooks/12_data_and_ablations.ipynb, cell 8
-TEXTURES_16 = dict(image_size=16, num_train=2000, num_test=500, seed=0)  # the data of every run below
+TEXTURES_16 = dict(img_size=16, num_train=2000, num_test=500, seed=0)  # the data of every run below
 VIT_16 = vit_config("Micro/4", img_size=16, num_classes=4)  # D = 64, L = 4, h = 8, P = 4
 RECIPE = dict(epochs=12, lr=1e-3, weight_decay=0.05)  # AdamW, warm-up then cosine decay, clipping at 1
 SEEDS = range(5)

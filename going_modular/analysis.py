@@ -18,9 +18,10 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from going_modular.checkpoint import save_model
-from going_modular.data import DataSplits, create_dataloaders, load_textures_data, set_seed
+from going_modular.data import DataSplits, create_dataloaders, load_textures_data
 from going_modular.engine import init_truncated_normal, train
 from going_modular.patches import to_pair
+from going_modular.runtime import set_seed
 from going_modular.variants import vit_config
 from going_modular.vit import ViT
 
@@ -243,7 +244,7 @@ def plot_attention_distance(distances: torch.Tensor) -> Figure:
 
 
 # notebooks/11_inspecting_vit.ipynb, cell 35
-TEXTURES_32 = dict(image_size=32, num_train=2000, num_test=500, seed=0)
+TEXTURES_32 = dict(img_size=32, num_train=2000, num_test=500, seed=0)
 TINY = vit_config("Micro/4", img_size=32, num_classes=4, num_heads=4)  # D = 64, L = 4, h = 4
 RECIPE = dict(lr=5e-4, weight_decay=0.05)  # AdamW, warm-up then cosine decay, clipping at 1
 ROLLOUT_GRID = tuple({"epochs": epochs, "seed": seed} for epochs in (3, 12) for seed in range(5))

@@ -38,9 +38,9 @@ from scipy import stats
 import going_modular
 from going_modular.ablations import ABLATION_GRID, DATA_SIZE_GRID, DIGITS_GRID, digits_run, textures_run
 from going_modular.analysis import ROLLOUT_GRID, rollout_run
-from going_modular.data import get_device
 from going_modular.files import atomic_write
 from going_modular.finetune import FINETUNE_GRID, finetune_run
+from going_modular.runtime import get_device
 
 __all__ = [
     "BOOK_EXPERIMENTS",

@@ -14,10 +14,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from going_modular.checkpoint import checkpoint_config, load_weights
-from going_modular.data import load_digits_data, set_seed
+from going_modular.data import load_digits_data
 from going_modular.engine import init_truncated_normal, train
 from going_modular.jax_checkpoint import jax_npz_config, load_jax_npz
 from going_modular.patches import to_pair
+from going_modular.runtime import set_seed
 from going_modular.variants import vit_config
 from going_modular.vit import ViT, ViTConfig
 
@@ -78,17 +79,17 @@ def from_pretrained(
 FIRST_DIGITS, SECOND_DIGITS = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)  # pre-train on the first, fine-tune on the second
 DIGITS_VIT = vit_config("Micro/2", img_size=8, in_channels=1, num_classes=5)  # pre-trained at 8 px
 PRETRAIN = dict(epochs=20, lr=2e-3, weight_decay=0.05)  # AdamW, warm-up then cosine decay, clipping at 1
-FINETUNE = dict(epochs=20, optimizer="sgd", lr=0.03, momentum=0.9, weight_decay=0.0, clip_norm=1.0, decay="cosine")
+FINETUNE = dict(epochs=20, optimizer="sgd", lr=0.03, momentum=0.9, weight_decay=0.0, clip_norm=1.0, scheduler="cosine")
 FINETUNE_ARMS = ("interpolated", "interpolated_linear", "reinitialised", "pretraining_resolution", "scratch")
 FINETUNE_GRID = tuple({"arm": arm, "seed": seed} for arm in FINETUNE_ARMS for seed in range(5))
 
 Task = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def digits_task(classes: Sequence[int], image_size: int, *, per_class: int | None = None, seed: int = 0) -> Task:
+def digits_task(classes: Sequence[int], img_size: int, *, per_class: int | None = None, seed: int = 0) -> Task:
     """((train images, labels), (test images, labels)) of some digit classes, labels renumbered 0..K-1;
     with ``per_class``, that many seeded training images of each class."""
-    splits = load_digits_data(image_size=image_size, seed=0)
+    splits = load_digits_data(img_size=img_size, seed=0)
     out = []
     for split in (splits.train, splits.test):
         images, labels = split.tensors

@@ -260,6 +260,25 @@ images.forEach((image) => { image.loading = "eager"; });
 Promise.all(images.map((image) => image.complete ? null : new Promise((r) => { image.onload = image.onerror = r; })))
   .then(() => done(images.filter((image) => image.naturalWidth === 0).map((image) => image.getAttribute("src"))));
 """
+# Code cells as the reader sees them: the blocks that scroll sideways, and how many characters the narrowest
+# input block shows per line (the notebooks are formatted at CODE_WIDTH).
+CODE_WIDTH = 88
+CODE_BLOCKS = """
+const blocks = [...document.querySelectorAll("div.cell div.highlight pre")];
+const scrolling = blocks.filter((pre) => pre.scrollWidth > pre.clientWidth + 1).map((pre) => pre.textContent.slice(0, 60));
+let fits = null;
+for (const pre of document.querySelectorAll("div.cell_input div.highlight pre")) {
+  const style = getComputedStyle(pre);
+  const probe = document.createElement("span");
+  probe.textContent = "x".repeat(100);
+  pre.appendChild(probe);
+  const width = probe.getBoundingClientRect().width / 100;
+  probe.remove();
+  const chars = Math.floor((pre.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)) / width);
+  fits = fits === null ? chars : Math.min(fits, chars);
+}
+return [scrolling, fits];
+"""
 SEARCH_HITS = "return document.querySelectorAll('#search-results ul.search li').length"
 
 
@@ -331,6 +350,11 @@ def check_page(driver, url: str, *, colab: str | None = None, screenshot: Path |
     errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     if errors:
         problems.append(f"console errors: {errors}")
+    scrolling, fits = driver.execute_script(CODE_BLOCKS)
+    if scrolling:
+        problems.append(f"code blocks that scroll sideways: {scrolling}")
+    if fits is not None and fits < CODE_WIDTH:
+        problems.append(f"a code cell shows {fits} characters per line, fewer than the notebooks' {CODE_WIDTH}")
     if colab is not None:
         badges = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, ".colab-badge a")]
         if badges != [colab]:
@@ -361,6 +385,11 @@ BREAKAGES = {
     "raw formula": ('heading">#</a></h1>', r'heading">#</a></h1><p>\(x^2\) and $$y$$</p>', "raw LaTeX"),
     "broken image": ("</main>", '<img src="no-such-figure.png" alt="missing"></main>', "images that did not load"),
     "console error": ("</main>", "<script>console.error('broken on purpose')</script></main>", "console errors"),
+    "code that scrolls": (
+        "</head>",
+        "<style>div.cell div.highlight pre { white-space: pre; overflow-x: auto; }</style></head>",
+        "code blocks that scroll sideways",
+    ),
     "wrong Colab link": (
         'class="colab-badge"><a href="https://colab.research.google.com/github/',
         'class="colab-badge"><a href="https://colab.research.google.com/github/someone-else/',

@@ -114,7 +114,7 @@ def test_good_zip_is_extracted_unwrapped_and_loadable_with_a_progress_bar(server
     assert f"{len(GOOD)}/{len(GOOD)}" in capsys.readouterr().err  # torch.hub's progress bar, at 100%
     assert sorted(p.name for p in dest.iterdir()) == ["test", "train"]
     assert [p.name for p in tmp_path.iterdir()] == ["food"]  # no temporary leftovers
-    data = load_image_folder(dest, image_size=6)
+    data = load_image_folder(dest, img_size=6)
     assert data.class_names == ["pizza", "sushi"] and len(data.train) == 2
 
 
