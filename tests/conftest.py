@@ -1,13 +1,20 @@
 """Test-session settings that must hold before anything imports timm or starts a kernel, and shared helpers.
 
-Helpers are plain functions, imported by the test modules with ``from conftest import randomise_head``.
+Helpers are plain functions and constants, imported by the test modules with ``from conftest import randomise_head``;
+shared fixtures (``one_thread``, ``close_figures``, ``random_digits_vit``, ``server``, ``closed_port``) are found by
+pytest by name.
 """
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -23,6 +30,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # process, while an MPLBACKEND here would reach the kernels too and replace their inline backend,
 # so the figures nbval compares would silently disappear from the chapters' outputs.
 
+from going_modular.checkpoint import CONFIG_FILE  # below the setting: no module of the package sees it unset
+from going_modular.data import make_preprocessing
+from going_modular.vit import ViT, ViTConfig
+
 
 @pytest.fixture
 def one_thread():
@@ -31,6 +42,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def close_figures() -> Iterator[None]:
+    """Close every matplotlib figure when the test ends (pyplot keeps them all open otherwise).
+
+    A module that draws uses it for every test: ``pytestmark = pytest.mark.usefixtures("close_figures")``.
+    """
+    yield
+    import matplotlib.pyplot as plt  # here: the test module has chosen the backend by now
+
+    plt.close("all")
+
+
+def edit_config(folder: Path, edit: Callable[[dict], object]) -> None:
+    """Rewrite the config.json of the checkpoint ``folder``: ``edit`` changes its JSON document (a dict) in place."""
+    document = json.loads((folder / CONFIG_FILE).read_text())
+    edit(document)
+    (folder / CONFIG_FILE).write_text(json.dumps(document))
 
 
 def train_in_process(argv: list[str]) -> None:
@@ -80,6 +110,20 @@ def randomise_all(model: nn.Module, std: float, *, replace: bool = False) -> nn.
     return model.eval()
 
 
+# The digits set-up of the unit tests: 8x8 grey images with values in [0, 16] of the classes 0-9 (scikit-learn's
+# digits), and a two-block ViT for them (2x2 patches of 4x4 pixels, D = 16, two heads).
+DIGITS_VIT = ViTConfig(img_size=8, patch_size=4, in_channels=1, num_classes=10, embed_dim=16, depth=2, num_heads=2)
+DIGITS_SPEC = make_preprocessing(8, channels=1, max_value=16.0, mean=[0.5], std=[0.5])
+DIGITS_CLASSES = [str(d) for d in range(10)]
+
+
+@pytest.fixture
+def random_digits_vit() -> ViT:
+    """A ViT of ``DIGITS_VIT`` with every parameter drawn from N(0, 0.5²) (seed 0), in eval mode."""
+    torch.manual_seed(0)
+    return randomise_all(ViT(DIGITS_VIT), 0.5, replace=True)
+
+
 def corrupt(data: bytes, case: str) -> bytes:
     """A safetensors file's bytes, broken in the named way (for the tests of the one reader)."""
     n = int.from_bytes(data[:8], "little")
@@ -125,8 +169,9 @@ class QuietHandler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Serve ``handler`` on 127.0.0.1 (a free port) in a background thread; yield the base URL."""
+def http_server(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` (a request handler class, or a partial of one) on 127.0.0.1 (a free port) in a background
+    thread; yield the base URL."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -135,6 +180,75 @@ def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A route of the ``server`` fixture that answers other than plainly: ``body`` after ``delay`` seconds, announced
+    as ``length`` bytes (None: its true length; more than that, and the client sees the connection close early)."""
+
+    body: bytes
+    length: int | None = None
+    delay: float = 0.0
+
+
+class RouteHandler(QuietHandler):
+    """Answers GET, and HEAD without the body, from ``routes`` (URL path -> bytes or a Reply), with the headers the
+    Hugging Face Hub's HEAD sends (Content-Length, the body's SHA-256 as ETag, a commit hash); 404 for any other path.
+    Appends every request ("GET /path") to ``hits``."""
+
+    def __init__(self, *args, routes: dict[str, bytes | Reply], hits: list[str], **kwargs) -> None:
+        self.routes, self.hits = routes, hits
+        super().__init__(*args, **kwargs)  # handles the request: the attributes must exist first
+
+    def do_HEAD(self) -> None:  # noqa: N802 (the name http.server expects)
+        self.answer(body=False)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.answer(body=True)
+
+    def answer(self, body: bool) -> None:
+        self.hits.append(f"{self.command} {self.path}")
+        route = self.routes.get(self.path)
+        if route is None:
+            self.send_error(404, "Not Found")
+            return
+        reply = route if isinstance(route, Reply) else Reply(route)
+        time.sleep(reply.delay)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(reply.body) if reply.length is None else reply.length))
+        self.send_header("ETag", f'"{hashlib.sha256(reply.body).hexdigest()}"')
+        self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
+        self.end_headers()  # HTTP/1.0: the connection closes after the body, sent whole or not
+        if body:
+            self.wfile.write(reply.body)
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    """What the ``server`` fixture yields: the base URL, the routes it serves (a test may add some) and the requests
+    it has had, in order."""
+
+    url: str
+    routes: dict[str, bytes | Reply]
+    hits: list[str]
+
+
+@pytest.fixture(scope="module")
+def server(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
+    """An HTTP server on 127.0.0.1 for the test module (see ``RouteHandler``), serving the module's ``ROUTES``
+    (URL path -> bytes or a Reply) if it defines them."""
+    routes, hits = dict(getattr(request.module, "ROUTES", {})), []
+    with http_server(functools.partial(RouteHandler, routes=routes, hits=hits)) as url:
+        yield LocalServer(url, routes, hits)
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: a connection to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def write_jax_npz(path, model) -> str:

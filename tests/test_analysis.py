@@ -21,7 +21,7 @@ from going_modular.analysis import (
     plot_rollout,
     position_embedding_similarity,
 )
-from going_modular.vit import ViT
+from going_modular.vit import ViT, ViTConfig
 
 matplotlib.use("Agg")
 
@@ -31,10 +31,7 @@ def random_rows(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)).softmax(dim=-1)
 
 
-def tiny_vit(**kwargs) -> ViT:
-    return ViT(
-        **(dict(img_size=8, patch_size=2, in_channels=3, num_classes=2, embed_dim=16, depth=2, num_heads=2) | kwargs)
-    )
+CONFIG = ViTConfig(img_size=8, patch_size=2, in_channels=3, num_classes=2, embed_dim=16, depth=2, num_heads=2)
 
 
 def test_rollout_of_identity_attention_is_the_identity():
@@ -132,7 +129,7 @@ def test_mean_attention_distance_rejects_bad_input():
 
 
 def test_position_embedding_similarity_of_orthonormal_embeddings_is_the_identity():
-    model = tiny_vit(embed_dim=16)  # 4x4 grid: 16 patches, D = 16
+    model = ViT(CONFIG, embed_dim=16)  # 4x4 grid: 16 patches, D = 16
     q, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(0)))
     with torch.no_grad():
         model.position_embedding[0, 1:] = 3.0 * q  # orthogonal rows of length 3
@@ -143,7 +140,7 @@ def test_position_embedding_similarity_of_orthonormal_embeddings_is_the_identity
 
 
 def test_position_embedding_similarity_is_the_cosine_in_raster_order():
-    model = tiny_vit()
+    model = ViT(CONFIG)
     with torch.no_grad():
         model.position_embedding.zero_()
         model.position_embedding[0, 1 + 0 * 4 + 1, :2] = torch.tensor([1.0, 0.0])  # patch (0, 1)
@@ -153,7 +150,7 @@ def test_position_embedding_similarity_is_the_cosine_in_raster_order():
 
 
 def test_filter_components_recover_known_directions():
-    model = tiny_vit(embed_dim=32)  # filters: 32 vectors of length C*P*P = 12
+    model = ViT(CONFIG, embed_dim=32)  # filters: 32 vectors of length C*P*P = 12
     rng = np.random.default_rng(0)
     directions, _ = np.linalg.qr(rng.normal(size=(12, 3)))  # three orthonormal directions (12, 3)
     scores = rng.normal(size=(32, 3)) * np.array([5.0, 2.0, 0.5])  # variances far apart: a unique order
@@ -173,7 +170,7 @@ def test_filter_components_recover_known_directions():
 
 
 def test_filter_components_reject_bad_k_and_conv_stems():
-    model = tiny_vit()  # D = 16, C*P*P = 12
+    model = ViT(CONFIG)  # D = 16, C*P*P = 12
     assert embedding_filter_components(model, k=12).shape == (12, 3, 2, 2)
     for k in (0, 13, 2.0):
         with pytest.raises(ValueError, match=r"k must be an int in \[1, min\(D, C\*P\*P\) = 12\]"):
@@ -198,8 +195,9 @@ def test_class_token_map_and_patch_coverage():
         patch_coverage(masks, 4)
 
 
+@pytest.mark.usefixtures("close_figures")
 def test_plots_return_figures():
-    model = tiny_vit()
+    model = ViT(CONFIG)
     maps = model.forward_attention(torch.randn(2, 3, 8, 8))
     figures = [
         plot_filter_components(embedding_filter_components(model, k=5)),
@@ -208,4 +206,3 @@ def test_plots_return_figures():
         plot_rollout(np.zeros((2, 8, 8, 3)), class_token_map(attention_rollout(maps), 4), titles=["a", "b"]),
     ]
     assert all(isinstance(fig, Figure) for fig in figures)
-    matplotlib.pyplot.close("all")

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 
-from conftest import corrupt, randomise_all
+from conftest import DIGITS_CLASSES, DIGITS_SPEC, DIGITS_VIT, corrupt, edit_config, randomise_all
 from going_modular.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -22,32 +23,21 @@ from going_modular.checkpoint import (
     read_safetensors,
     save_model,
 )
-from going_modular.data import make_preprocessing
 from going_modular.vit import ViT
-
-SPEC = make_preprocessing(8, channels=1, max_value=16.0, mean=[0.5], std=[0.5])
-CLASSES = [str(d) for d in range(10)]
-
-
-def tiny_vit(**overrides) -> ViT:
-    torch.manual_seed(0)
-    return ViT(
-        **dict(img_size=8, patch_size=4, in_channels=1, num_classes=10, embed_dim=16, depth=2, num_heads=2) | overrides
-    )
 
 
 def metadata() -> dict:
-    return {"class_names": CLASSES, "preprocessing": SPEC, "note": "test"}
+    return {"class_names": DIGITS_CLASSES, "preprocessing": DIGITS_SPEC, "note": "test"}
 
 
 @pytest.fixture
-def checkpoint(tmp_path):
-    return save_model(randomise_all(tiny_vit(), 0.5, replace=True), tmp_path / "ckpt", metadata())
+def checkpoint(random_digits_vit, tmp_path) -> Path:
+    """``random_digits_vit`` saved in tmp_path/ckpt (a test asking for both gets the model it holds)."""
+    return save_model(random_digits_vit, tmp_path / "ckpt", metadata())
 
 
-def test_round_trip_gives_identical_logits(tmp_path):
-    model = randomise_all(tiny_vit(), 0.5, replace=True)
-    path = save_model(model, tmp_path / "ckpt", metadata())
+def test_round_trip_gives_identical_logits(random_digits_vit, checkpoint, tmp_path):
+    model, path = random_digits_vit, checkpoint
     assert sorted(p.name for p in path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folder left
     loaded, meta = load_model(path)
@@ -57,9 +47,8 @@ def test_round_trip_gives_identical_logits(tmp_path):
     assert meta == metadata() and loaded.config == model.config and not loaded.training
 
 
-def test_checkpoint_files_follow_the_contract(tmp_path):
-    model = randomise_all(tiny_vit(), 0.5, replace=True)
-    path = save_model(model, tmp_path / "ckpt", metadata())
+def test_checkpoint_files_follow_the_contract(random_digits_vit, checkpoint):
+    model, path = random_digits_vit, checkpoint
     document = json.loads((path / CONFIG_FILE).read_text())
     assert document == {
         "format": "going_modular.vit",
@@ -92,33 +81,29 @@ def test_the_module_imports_and_reads_without_torch(checkpoint):
     assert run.returncode == 0, run.stderr
 
 
-def test_saving_again_replaces_the_checkpoint(tmp_path):
-    save_model(randomise_all(tiny_vit(), 0.5, replace=True), tmp_path / "ckpt", metadata())
-    save_model(randomise_all(tiny_vit(depth=1), 0.5, replace=True), tmp_path / "ckpt", metadata())
-    loaded, _ = load_model(tmp_path / "ckpt")
+def test_saving_again_replaces_the_checkpoint(checkpoint, tmp_path):
+    save_model(randomise_all(ViT(DIGITS_VIT, depth=1), 0.5, replace=True), checkpoint, metadata())
+    loaded, _ = load_model(checkpoint)
     assert loaded.config.depth == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
-def test_a_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+def test_a_failed_save_keeps_the_old_checkpoint(random_digits_vit, checkpoint, tmp_path, monkeypatch):
     import safetensors.torch
-
-    model = randomise_all(tiny_vit(), 0.5, replace=True)
-    save_model(model, tmp_path / "ckpt", metadata())
 
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        save_model(tiny_vit(depth=1), tmp_path / "ckpt", metadata())
+        save_model(ViT(DIGITS_VIT, depth=1), checkpoint, metadata())
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
-    assert load_model(tmp_path / "ckpt")[0].config == model.config
+    assert load_model(checkpoint)[0].config == random_digits_vit.config
 
 
 def test_mismatched_model_lists_every_difference(checkpoint):
     with pytest.raises(CheckpointMismatchError) as info:
-        load_weights(tiny_vit(embed_dim=32, depth=1), checkpoint)
+        load_weights(ViT(DIGITS_VIT, embed_dim=32, depth=1), checkpoint)
     message = str(info.value)
     assert "embed_dim: checkpoint 16, model 32" in message and "depth: checkpoint 2, model 1" in message
     assert "unexpected tensor blocks.1.ln_1.weight" in message
@@ -126,25 +111,28 @@ def test_mismatched_model_lists_every_difference(checkpoint):
     assert isinstance(info.value, CheckpointError) and isinstance(info.value, ValueError)
 
 
-def test_load_weights_into_a_matching_model(tmp_path):
-    model = randomise_all(tiny_vit(), 0.5, replace=True)
-    save_model(model, tmp_path / "ckpt", metadata())
-    fresh = tiny_vit()
-    assert load_weights(fresh, tmp_path / "ckpt") == metadata()
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values(), strict=True))
+def test_load_weights_into_a_matching_model(random_digits_vit, checkpoint):
+    fresh = ViT(DIGITS_VIT)
+    assert load_weights(fresh, checkpoint) == metadata()
+    saved = random_digits_vit.state_dict().values()
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), saved, strict=True))
 
 
 @pytest.mark.parametrize(
     "bad_metadata, error, message",
     [
-        ({"class_names": CLASSES}, ValueError, "preprocessing"),
-        ({"class_names": CLASSES[:3], "preprocessing": SPEC}, ValueError, "class_names"),
-        ({"class_names": CLASSES, "preprocessing": SPEC, "when": object()}, TypeError, "JSON serializable"),
+        ({"class_names": DIGITS_CLASSES}, ValueError, "preprocessing"),
+        ({"class_names": DIGITS_CLASSES[:3], "preprocessing": DIGITS_SPEC}, ValueError, "class_names"),
+        (
+            {"class_names": DIGITS_CLASSES, "preprocessing": DIGITS_SPEC, "when": object()},
+            TypeError,
+            "JSON serializable",
+        ),
     ],
 )
 def test_bad_saves_write_nothing(tmp_path, bad_metadata, error, message):
     with pytest.raises(error, match=message):
-        save_model(tiny_vit(), tmp_path / "ckpt", bad_metadata)
+        save_model(ViT(DIGITS_VIT), tmp_path / "ckpt", bad_metadata)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -162,12 +150,6 @@ def test_missing_files_are_file_not_found(checkpoint, missing):
         load_model(checkpoint.parent / "nowhere")
 
 
-def edit_config(folder, edit) -> None:
-    document = json.loads((folder / CONFIG_FILE).read_text())
-    edit(document)
-    (folder / CONFIG_FILE).write_text(json.dumps(document))
-
-
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -180,7 +162,7 @@ def edit_config(folder, edit) -> None:
 )
 def test_invalid_configs_are_refused_by_every_loader(checkpoint, edit, message):
     edit_config(checkpoint, edit)
-    for load in (read_checkpoint, load_model, lambda p: load_weights(tiny_vit(), p)):
+    for load in (read_checkpoint, load_model, lambda p: load_weights(ViT(DIGITS_VIT), p)):
         with pytest.raises(CheckpointError, match=message):
             load(checkpoint)
 
@@ -238,20 +220,18 @@ def test_read_safetensors_reads_every_dtype_and_widens_bfloat16(tmp_path):
 
 def test_global_pool_is_saved_and_older_checkpoints_mean_the_class_token(tmp_path):
     torch.manual_seed(0)
-    pooled = randomise_all(tiny_vit(global_pool="avg"), std=0.1)
+    pooled = randomise_all(ViT(DIGITS_VIT, global_pool="avg"), std=0.1)
     folder = save_model(pooled, tmp_path / "avg", metadata())
     model, _ = load_model(folder)
     x = torch.randn(2, 1, 8, 8)
     assert model.config.global_pool == "avg"
     torch.testing.assert_close(model(x), pooled.eval()(x))
     # A checkpoint written before global_pool existed: its config has no such key, and it means "token".
-    token = save_model(tiny_vit(), tmp_path / "old", metadata())
-    config = json.loads((token / CONFIG_FILE).read_text())
-    del config["model"]["global_pool"]
-    (token / CONFIG_FILE).write_text(json.dumps(config))
+    token = save_model(ViT(DIGITS_VIT), tmp_path / "old", metadata())
+    edit_config(token, lambda d: d["model"].pop("global_pool"))
     assert load_model(token)[0].config.global_pool == "token"
     with pytest.raises(CheckpointMismatchError, match="hyperparameter global_pool: checkpoint 'token', model 'avg'"):
-        load_weights(tiny_vit(global_pool="avg"), token)
+        load_weights(ViT(DIGITS_VIT, global_pool="avg"), token)
 
 
 def test_mutated_config_json_loads_or_is_a_checkpoint_error(checkpoint):

@@ -11,11 +11,7 @@ from matplotlib.patches import FancyArrowPatch, Rectangle  # noqa: E402
 
 from going_modular.diagrams import MAX_LAYERS, figure1, shape_diagram, side  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")  # see conftest.py
 
 
 def _count(fig: Figure, kind: type) -> int:

@@ -14,7 +14,7 @@ import pytest
 import torchvision
 from PIL import Image
 
-from conftest import QuietHandler, http_server
+from conftest import Reply
 from going_modular.data import load_cifar10, load_image_folder
 from going_modular.files import DownloadError, download_and_extract, download_file, network_timeout
 
@@ -50,67 +50,22 @@ GOOD_SHA256 = hashlib.sha256(GOOD).hexdigest()
 CORRUPT = (
     GOOD[: len(GOOD) // 3] + bytes(b ^ 0xFF for b in GOOD[len(GOOD) // 3 : len(GOOD) // 2]) + GOOD[len(GOOD) // 2 :]
 )
+TARRED = tarred_folder()
 
 
-class Handler(QuietHandler):
-    """Routes: /good.zip, /corrupt.zip, /garbage.zip, /truncated.zip, /slow.zip, /data.tar.gz,
-    /cifar-10-python.tar.gz (not the real archive); else 404. HEAD answers as GET without the body."""
-
-    hits: list[str] = []
-
-    def do_HEAD(self):  # noqa: N802 (the name http.server expects)
-        self.answer(body=False)
-
-    def do_GET(self):  # noqa: N802
-        self.answer(body=True)
-
-    def answer(self, body: bool) -> None:
-        Handler.hits.append(f"{self.command} {self.path}")
-        bodies = {
-            "/good.zip": GOOD,
-            "/corrupt.zip": CORRUPT,
-            "/garbage.zip": b"this is not an archive",
-            "/data.tar.gz": tarred_folder(),
-            "/cifar-10-python.tar.gz": tarred_folder(),
-        }
-        if self.path in bodies:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(bodies[self.path])))
-            self.end_headers()
-            if body:
-                self.wfile.write(bodies[self.path])
-        elif self.path == "/truncated.zip":  # promises the whole file, sends half, hangs up
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(GOOD)))
-            self.end_headers()
-            if body:
-                self.wfile.write(GOOD[: len(GOOD) // 2])
-                self.wfile.flush()
-            self.close_connection = True
-        elif self.path == "/slow.zip":  # answers after the client has given up
-            time.sleep(3)
-            self.send_response(200)
-            self.end_headers()
-        else:
-            self.send_error(404, "Not Found")
-
-
-@pytest.fixture(scope="module")
-def server():
-    with http_server(Handler) as url:
-        yield url
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+ROUTES = {  # served by conftest's ``server`` fixture; any other path is a 404
+    "/good.zip": GOOD,
+    "/corrupt.zip": CORRUPT,
+    "/garbage.zip": b"this is not an archive",
+    "/data.tar.gz": TARRED,
+    "/cifar-10-python.tar.gz": TARRED,  # not the real archive
+    "/truncated.zip": Reply(GOOD[: len(GOOD) // 2], length=len(GOOD)),  # promises the whole file, sends half, hangs up
+    "/slow.zip": Reply(b"", delay=3),  # answers after the client has given up
+}
 
 
 def test_good_zip_is_extracted_unwrapped_and_loadable_with_a_progress_bar(server, tmp_path, capsys):
-    dest = download_and_extract(f"{server}/good.zip", tmp_path / "food")
+    dest = download_and_extract(f"{server.url}/good.zip", tmp_path / "food")
     assert f"{len(GOOD)}/{len(GOOD)}" in capsys.readouterr().err  # torch.hub's progress bar, at 100%
     assert sorted(p.name for p in dest.iterdir()) == ["test", "train"]
     assert [p.name for p in tmp_path.iterdir()] == ["food"]  # no temporary leftovers
@@ -119,19 +74,19 @@ def test_good_zip_is_extracted_unwrapped_and_loadable_with_a_progress_bar(server
 
 
 def test_progress_false_prints_nothing(server, tmp_path, capsys):
-    download_file(f"{server}/good.zip", tmp_path / "good.zip", progress=False)
+    download_file(f"{server.url}/good.zip", tmp_path / "good.zip", progress=False)
     assert capsys.readouterr().err == ""
 
 
 def test_existing_destination_is_not_downloaded_again(server, tmp_path):
-    download_and_extract(f"{server}/good.zip", tmp_path / "food")
-    before = len(Handler.hits)
-    download_and_extract(f"{server}/good.zip", tmp_path / "food")
-    assert len(Handler.hits) == before
+    download_and_extract(f"{server.url}/good.zip", tmp_path / "food")
+    before = len(server.hits)
+    download_and_extract(f"{server.url}/good.zip", tmp_path / "food")
+    assert len(server.hits) == before
 
 
 def test_tar_archives_are_extracted_too(server, tmp_path):
-    dest = download_and_extract(f"{server}/data.tar.gz", tmp_path / "batches")
+    dest = download_and_extract(f"{server.url}/data.tar.gz", tmp_path / "batches")
     assert (dest / "readme.txt").read_bytes() == b"hello"
 
 
@@ -146,14 +101,14 @@ def test_tar_archives_are_extracted_too(server, tmp_path):
 )
 def test_failed_downloads_raise_and_leave_nothing(server, tmp_path, route, message):
     with pytest.raises(DownloadError, match=message):
-        download_and_extract(f"{server}/{route}", tmp_path / "food", timeout=5)
+        download_and_extract(f"{server.url}/{route}", tmp_path / "food", timeout=5)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_timeout_bounds_a_silent_server_and_is_restored(server, tmp_path):
     start = time.perf_counter()
     with pytest.raises(DownloadError, match="timed out"):
-        download_file(f"{server}/slow.zip", tmp_path / "slow.zip", timeout=0.5)
+        download_file(f"{server.url}/slow.zip", tmp_path / "slow.zip", timeout=0.5)
     assert time.perf_counter() - start < 2.5
     assert list(tmp_path.iterdir()) == []
     assert socket.getdefaulttimeout() is None  # the process-wide default is put back
@@ -161,10 +116,10 @@ def test_timeout_bounds_a_silent_server_and_is_restored(server, tmp_path):
 
 def test_sha256_mismatch_deletes_the_file_and_names_it(server, tmp_path):
     target = tmp_path / "weights" / "good-0123abcd.zip"
-    with pytest.raises(DownloadError, match=f"{server}/good.zip is corrupt and was deleted, {target} not written"):
-        download_file(f"{server}/good.zip", target, sha256_prefix="0123abcd")
+    with pytest.raises(DownloadError, match=f"{server.url}/good.zip is corrupt and was deleted, {target} not written"):
+        download_file(f"{server.url}/good.zip", target, sha256_prefix="0123abcd")
     assert list((tmp_path / "weights").iterdir()) == []  # neither the file nor torch.hub's .partial
-    path = download_file(f"{server}/good.zip", target, sha256_prefix=GOOD_SHA256[:8])
+    path = download_file(f"{server.url}/good.zip", target, sha256_prefix=GOOD_SHA256[:8])
     assert path.read_bytes() == GOOD
 
 
@@ -202,8 +157,8 @@ def test_cifar10_offline_fails_fast_naming_url_and_folder(tmp_path, closed_port,
 
 
 def test_cifar10_archive_failing_the_md5_check_is_deleted(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", f"{server}/cifar-10-python.tar.gz")
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", f"{server.url}/cifar-10-python.tar.gz")
     with pytest.raises(DownloadError, match="CIFAR-10 needs a download .* which failed .*corrupted"):
         load_cifar10(tmp_path, timeout=5)
-    assert "GET /cifar-10-python.tar.gz" in Handler.hits
+    assert "GET /cifar-10-python.tar.gz" in server.hits
     assert [p for p in Path(tmp_path).rglob("*")] == []  # neither the archive nor a half-extracted folder

@@ -1,6 +1,7 @@
 """Tests for going_modular.engine: optimiser, schedule, one epoch, evaluation, the training loop and its hooks."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import DIGITS_VIT
 from going_modular.data import create_dataloaders, load_digits_data
 from going_modular.engine import (
     NonFiniteLossError,
@@ -26,8 +28,7 @@ from going_modular.vit import ViT
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
-def tiny_vit() -> ViT:
-    return ViT(img_size=8, patch_size=4, in_channels=1, num_classes=10, embed_dim=16, depth=1, num_heads=2)
+ONE_BLOCK = replace(DIGITS_VIT, depth=1)  # the digits ViT with one block: the quickest to train
 
 
 class Lookup(nn.Module):
@@ -51,7 +52,7 @@ def lookup_loader(predicted: list[int], labels: list[int], batch_size: int, nan_
 
 
 def test_optimizer_groups_and_betas():
-    model = tiny_vit()
+    model = ViT(ONE_BLOCK)
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.1)
     decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
     names = {name for name, p in model.named_parameters() if id(p) in decayed}
@@ -225,7 +226,7 @@ def test_training_is_deterministic_under_a_seed(digits_loaders):
     def run() -> dict[str, list[float]]:
         set_seed(0)
         train_loader, test_loader = create_dataloaders(load_digits_data(seed=0), batch_size=128, seed=0)
-        history = train(tiny_vit(), train_loader, test_loader, epochs=2, lr=3e-3, warmup_steps=3, progress=False)
+        history = train(ViT(ONE_BLOCK), train_loader, test_loader, epochs=2, lr=3e-3, warmup_steps=3, progress=False)
         del history["seconds"]
         return history
 
@@ -236,7 +237,7 @@ def test_training_is_deterministic_under_a_seed(digits_loaders):
 
 def test_bf16_autocast_runs_on_cpu(digits_loaders):
     set_seed(0)
-    history = train(tiny_vit(), *digits_loaders, epochs=1, amp="bf16", progress=False)
+    history = train(ViT(ONE_BLOCK), *digits_loaders, epochs=1, amp="bf16", progress=False)
     assert math.isfinite(history["train_loss"][0]) and history["test_accuracy"][0] > 0
 
 
@@ -278,7 +279,7 @@ def own_optimizer(model: nn.Module) -> torch.optim.Optimizer:
 def test_bad_arguments_fail_before_training(kwargs, error, message):
     if kwargs.get("amp") == "fp16" and torch.cuda.is_available():
         pytest.skip("fp16 is allowed when CUDA is available")
-    model, kwargs = tiny_vit(), dict(kwargs)
+    model, kwargs = ViT(ONE_BLOCK), dict(kwargs)
     if callable(kwargs.get("optimizer")):
         kwargs["optimizer"] = kwargs["optimizer"](model)
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
@@ -288,9 +289,9 @@ def test_bad_arguments_fail_before_training(kwargs, error, message):
 
 
 def test_a_scheduler_of_your_own_must_schedule_the_optimizer_used_and_set_its_own_warmup():
-    model = tiny_vit()
+    model = ViT(ONE_BLOCK)
     mine = own_optimizer(model)
-    other = torch.optim.lr_scheduler.StepLR(own_optimizer(tiny_vit()), step_size=1)
+    other = torch.optim.lr_scheduler.StepLR(own_optimizer(ViT(ONE_BLOCK)), step_size=1)
     for kwargs in (dict(scheduler=other), dict(optimizer=mine, scheduler=other)):
         with pytest.raises(ValueError, match="a scheduler of your own must schedule the optimizer given"):
             train(model, Untouchable(), Untouchable(), epochs=1, progress=False, **kwargs)
@@ -305,7 +306,7 @@ def test_an_optimizer_and_scheduler_of_your_own_train_as_the_named_ones(digits_l
 
     def run(objects: bool) -> tuple[dict, dict]:
         set_seed(0)
-        model = tiny_vit()
+        model = ViT(ONE_BLOCK)
         if not objects:
             history = train(model, *digits_loaders, epochs=2, warmup_steps=3, progress=False, **recipe)
         else:
@@ -350,7 +351,7 @@ def test_hooks_wrap_the_steps_reduce_every_pass_and_see_every_epoch(digits_loade
         prints=False,
     )
     set_seed(0)
-    model = tiny_vit()
+    model = ViT(ONE_BLOCK)
     history = train(model, *digits_loaders, epochs=2, hooks=hooks, progress=True)
     assert len(wrapped) == 1 and wrapped[0].model is model
     assert wrapped[0].batches == 2 * len(digits_loaders[0])  # the training steps, not the evaluation
@@ -369,12 +370,12 @@ def test_a_restored_history_continues_with_the_next_epoch(digits_loaders):
         return {key: list(values) for key, values in restored.items()}
 
     hooks = TrainingHooks(restore=restore, epoch_end=lambda epoch, history, parts: ends.append(epoch))
-    history = train(tiny_vit(), *digits_loaders, epochs=3, hooks=hooks, progress=False)
+    history = train(ViT(ONE_BLOCK), *digits_loaders, epochs=3, hooks=hooks, progress=False)
     assert calls == [["model", "optimizer", "scaler", "scheduler"]] and ends == [2, 3]
     assert history["lr"][0] == 0.5 and len(history["lr"]) == 3
     too_long = TrainingHooks(restore=lambda parts: {key: values * 4 for key, values in restored.items()})
     with pytest.raises(ValueError, match="the restored run has trained 4 epochs, more than epochs=3"):
-        train(tiny_vit(), *digits_loaders, epochs=3, hooks=too_long, progress=False)
+        train(ViT(ONE_BLOCK), *digits_loaders, epochs=3, hooks=too_long, progress=False)
 
 
 def test_truncated_normal_init_redraws_weights_and_zeroes_biases():

@@ -7,18 +7,14 @@ import torch.nn.functional as F
 from conftest import randomise_all
 from going_modular.checkpoint import save_model
 from going_modular.finetune import adapt, from_pretrained, pretrained_config
-from going_modular.vit import ViT
+from going_modular.vit import ViT, ViTConfig
 
-
-def small(**overrides) -> ViT:
-    return ViT(
-        **dict(img_size=16, patch_size=4, in_channels=1, num_classes=3, embed_dim=32, depth=1, num_heads=2) | overrides
-    )
+CONFIG = ViTConfig(img_size=16, patch_size=4, in_channels=1, num_classes=3, embed_dim=32, depth=1, num_heads=2)
 
 
 def test_adapt_replaces_the_head_with_a_zero_one_without_pre_logits():
     torch.manual_seed(0)
-    model = randomise_all(small(representation_size=8), std=0.1)
+    model = randomise_all(ViT(CONFIG, representation_size=8), std=0.1)
     features = model.forward_features(torch.randn(2, 1, 16, 16))[:, 0]
     assert adapt(model, num_classes=7) is model
     assert isinstance(model.pre_logits, torch.nn.Identity) and model.head.weight.shape == (7, 32)
@@ -32,7 +28,7 @@ def test_adapt_replaces_the_head_with_a_zero_one_without_pre_logits():
 
 def test_adapt_interpolates_the_grid_and_keeps_the_class_row():
     torch.manual_seed(0)
-    model = randomise_all(small(), std=0.1)
+    model = randomise_all(ViT(CONFIG), std=0.1)
     old = model.position_embedding.detach().clone()  # (1, 1 + 4*4, 32)
     adapt(model, img_size=(24, 32))
     grid = old[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
@@ -50,7 +46,7 @@ def test_adapt_interpolates_the_grid_and_keeps_the_class_row():
 
 def test_from_pretrained_checkpoint_folder(tmp_path):
     torch.manual_seed(0)
-    model = randomise_all(small(), std=0.1)
+    model = randomise_all(ViT(CONFIG), std=0.1)
     folder = save_model(model, tmp_path / "ckpt", {"class_names": ["a", "b", "c"], "preprocessing": {}})
     assert pretrained_config(folder) == model.config
     same = from_pretrained(folder).eval()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.numpy import save_file as save_numpy_safetensors
 
-from conftest import corrupt, randomise_all
+from conftest import corrupt, edit_config, randomise_all
 from going_modular import ViT, create_vit
 from going_modular import numpy_vit as nv
 from going_modular.checkpoint import CheckpointError, read_safetensors, save_model
@@ -25,11 +24,6 @@ def save(model: ViT, directory: Path) -> Path:
     """Save ``model`` as a going_modular checkpoint with minimal metadata."""
     names = [f"class {k}" for k in range(model.config.num_classes)]
     return save_model(model, directory, metadata={"class_names": names, "preprocessing": {}})
-
-
-def random_vit(**kwargs) -> ViT:
-    """A ViT with noise on every parameter, in eval mode: a comparison exercises every weight."""
-    return randomise_all(ViT(**kwargs), 0.02)
 
 
 def max_logit_difference(model: ViT, directory: Path, size: tuple[int, int], seed: int = 0) -> float:
@@ -59,9 +53,8 @@ def ti16(tmp_path_factory) -> tuple[ViT, Path]:
 @pytest.fixture()
 def small_checkpoint(tmp_path) -> Path:
     torch.manual_seed(1)
-    return save(
-        random_vit(img_size=16, patch_size=8, num_classes=3, embed_dim=16, depth=1, num_heads=2), tmp_path / "ckpt"
-    )
+    model = ViT(img_size=16, patch_size=8, num_classes=3, embed_dim=16, depth=1, num_heads=2)
+    return save(randomise_all(model, 0.02), tmp_path / "ckpt")
 
 
 # ---- whole model ------------------------------------------------------------------------------
@@ -111,19 +104,22 @@ def test_vit_ti16_matches_pytorch(ti16, size):
 )
 def test_vit_other_configurations_match_pytorch(tmp_path, kwargs, size):
     torch.manual_seed(2)
-    assert max_logit_difference(random_vit(**kwargs), tmp_path / "ckpt", size) <= 1e-4
+    assert max_logit_difference(randomise_all(ViT(**kwargs), 0.02), tmp_path / "ckpt", size) <= 1e-4
 
 
 def test_load_carries_the_settings_that_change_the_computation(tmp_path):
-    model = random_vit(
-        img_size=(16, 24),
-        patch_size=8,
-        embed_dim=16,
-        depth=1,
-        num_heads=2,
-        num_classes=3,
-        layer_norm_eps=1e-5,
-        gelu_approximate="tanh",
+    model = randomise_all(
+        ViT(
+            img_size=(16, 24),
+            patch_size=8,
+            embed_dim=16,
+            depth=1,
+            num_heads=2,
+            num_classes=3,
+            layer_norm_eps=1e-5,
+            gelu_approximate="tanh",
+        ),
+        0.02,
     )
     save(model, tmp_path / "ckpt")
     hparams, params = nv.load_hparams_and_params(tmp_path / "ckpt")
@@ -322,12 +318,6 @@ def test_load_missing_files(small_checkpoint, missing):
         nv.load_hparams_and_params(small_checkpoint.parent / "nowhere")
 
 
-def edit_config(directory: Path, edit) -> None:
-    config = json.loads((directory / "config.json").read_text())
-    edit(config)
-    (directory / "config.json").write_text(json.dumps(config))
-
-
 @pytest.mark.parametrize(
     "edit, error, message",
     [
@@ -389,18 +379,14 @@ def test_read_safetensors_widens_bfloat16(tmp_path):
 
 
 @pytest.mark.slow
-def test_module_imports_only_numpy_and_the_standard_library(tmp_path):
+def test_module_imports_only_numpy_and_the_standard_library(small_checkpoint):
     """numpy_vit and the checkpoint reader it uses import no torch, safetensors or scipy, even while they work."""
     code = (
         "import sys, going_modular.numpy_vit as nv; hparams, params = nv.load_hparams_and_params(sys.argv[1]); "
         "print(sorted(m for m in ('torch', 'safetensors', 'scipy') if m in sys.modules))"
     )
-    torch.manual_seed(1)
-    directory = save(
-        random_vit(img_size=16, patch_size=8, num_classes=3, embed_dim=16, depth=1, num_heads=2), tmp_path / "ckpt"
-    )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(directory)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(small_checkpoint)], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
 

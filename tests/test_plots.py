@@ -8,7 +8,7 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import randomise_all
+from conftest import DIGITS_CLASSES, DIGITS_SPEC, DIGITS_VIT
 from going_modular.data import UnreadableImageError, build_transform, make_preprocessing
 from going_modular.plots import (
     confusion_matrix,
@@ -23,23 +23,8 @@ from going_modular.plots import (
 from going_modular.vit import ViT
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 
-SPEC = make_preprocessing(8, channels=1, max_value=16.0, mean=[0.5], std=[0.5])
-CLASSES = [str(d) for d in range(10)]
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
-def tiny_vit(**overrides) -> ViT:
-    torch.manual_seed(0)
-    return ViT(
-        **dict(img_size=8, patch_size=4, in_channels=1, num_classes=10, embed_dim=16, depth=2, num_heads=2) | overrides
-    )
+pytestmark = pytest.mark.usefixtures("close_figures")  # see conftest.py
 
 
 def test_confusion_matrix_agrees_with_scikit_learn():
@@ -56,8 +41,8 @@ def test_confusion_matrix_agrees_with_scikit_learn():
         confusion_matrix(predictions, labels, 3)
 
 
-def test_predict_returns_argmax_and_labels():
-    model = randomise_all(tiny_vit(), 0.5, replace=True)
+def test_predict_returns_argmax_and_labels(random_digits_vit):
+    model = random_digits_vit
     x, y = torch.randn(10, 1, 8, 8), torch.arange(10)
     predictions, labels = predict(model, DataLoader(TensorDataset(x, y), batch_size=3))
     with torch.inference_mode():
@@ -77,14 +62,14 @@ def test_plot_curves_draws_both_splits():
     assert all(len(ax.get_lines()) == 2 and len(ax.get_lines()[0].get_xdata()) == 3 for ax in figure.axes)
 
 
-def test_plot_predictions_titles_true_and_predicted():
-    model = randomise_all(tiny_vit(), 0.5, replace=True)
+def test_plot_predictions_titles_true_and_predicted(random_digits_vit):
+    model = random_digits_vit
     x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 10, (12,))
-    figure = plot_predictions(model, TensorDataset(x, y), CLASSES, SPEC, n=5)
+    figure = plot_predictions(model, TensorDataset(x, y), DIGITS_CLASSES, DIGITS_SPEC, n=5)
     titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
     assert len(titles) == 5 and all(" / " in t for t in titles)
     with pytest.raises(ValueError, match="n must be"):
-        plot_predictions(model, TensorDataset(x, y), CLASSES, SPEC, n=13)
+        plot_predictions(model, TensorDataset(x, y), DIGITS_CLASSES, DIGITS_SPEC, n=13)
 
 
 def test_plot_confusion_matrix_annotates_counts():
@@ -95,25 +80,25 @@ def test_plot_confusion_matrix_annotates_counts():
 
 def test_to_displayable_inverts_the_normalisation():
     raw = np.arange(64).reshape(8, 8) % 17
-    shown = to_displayable(build_transform(SPEC)(raw), SPEC)
+    shown = to_displayable(build_transform(DIGITS_SPEC)(raw), DIGITS_SPEC)
     np.testing.assert_allclose(shown, raw / 16.0, atol=1e-6)
 
 
-def test_predict_image_from_a_file(tmp_path):
-    model = randomise_all(tiny_vit(), 0.5, replace=True)
+def test_predict_image_from_a_file(random_digits_vit, tmp_path):
+    model = random_digits_vit
     pixels = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "digit.png")
     spec = make_preprocessing(8, channels=1, max_value=255.0, mean=[0.5], std=[0.5])
-    name, probabilities = predict_image(model, tmp_path / "digit.png", spec, CLASSES)
+    name, probabilities = predict_image(model, tmp_path / "digit.png", spec, DIGITS_CLASSES)
     with torch.inference_mode():
         expected = model(build_transform(spec)(pixels)[None]).softmax(1)[0]
     torch.testing.assert_close(probabilities, expected)
-    assert name == CLASSES[int(expected.argmax())]
-    figure = plot_image_prediction(model, tmp_path / "digit.png", spec, CLASSES)
+    assert name == DIGITS_CLASSES[int(expected.argmax())]
+    figure = plot_image_prediction(model, tmp_path / "digit.png", spec, DIGITS_CLASSES)
     assert figure.axes[0].get_title().startswith(f"predicted: {name} (")
 
 
 def test_predict_image_names_an_unreadable_file(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(UnreadableImageError, match="bad.png"):
-        predict_image(tiny_vit(), tmp_path / "bad.png", SPEC, CLASSES)
+        predict_image(ViT(DIGITS_VIT), tmp_path / "bad.png", DIGITS_SPEC, DIGITS_CLASSES)

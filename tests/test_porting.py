@@ -27,10 +27,8 @@ from going_modular import (
     to_torchvision_state_dict,
 )
 
-
-def small_vit(**overrides) -> ViT:
-    """A two-block ViT on 32-pixel images with five classes, small enough to port in milliseconds."""
-    return ViT(**{**dict(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=2, num_heads=2), **overrides})
+# A two-block ViT on 32-pixel images with five classes, small enough to port in milliseconds.
+CONFIG = ViTConfig(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=2, num_heads=2)
 
 
 def max_difference(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
@@ -80,7 +78,7 @@ def test_export_to_torchvision_and_timm_drives_them_to_our_logits(images):
 )
 def test_round_trip_is_exact(export, load):
     torch.manual_seed(0)
-    source = small_vit()
+    source = ViT(CONFIG)
     target = load(ViT(source.config), export(source))
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
@@ -105,14 +103,14 @@ def test_torchvision_conv_stem_and_pre_logits_port():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.normal_()
                 module.running_var.uniform_(0.5, 2.0)
-    ours = small_vit(mlp_ratio=2.0, representation_size=16, conv_stem=True)
+    ours = ViT(CONFIG, mlp_ratio=2.0, representation_size=16, conv_stem=True)
     load_torchvision_state_dict(ours, reference.state_dict())
     assert max_difference(ours, reference, torch.randn(3, 3, 32, 32)) <= 1e-4
     assert set(to_torchvision_state_dict(ours)) == set(reference.state_dict())
 
 
 def test_old_torchvision_mlp_names_are_accepted():
-    source = small_vit()
+    source = ViT(CONFIG)
     old = {
         key.replace(".mlp.0.", ".mlp.linear_1.").replace(".mlp.3.", ".mlp.linear_2."): value
         for key, value in to_torchvision_state_dict(source).items()
@@ -123,8 +121,8 @@ def test_old_torchvision_mlp_names_are_accepted():
 
 
 def test_mismatches_are_all_listed_and_nothing_is_copied():
-    small = small_vit()
-    state = to_timm_state_dict(small_vit(num_classes=7, depth=3))
+    small = ViT(CONFIG)
+    state = to_timm_state_dict(ViT(CONFIG, num_classes=7, depth=3))
     del state["norm.bias"]
     before = {k: v.clone() for k, v in small.state_dict().items()}
     with pytest.raises(StateDictMismatchError) as caught:
@@ -302,13 +300,13 @@ def test_jax_npz_bad_files_get_clear_errors(tmp_path):
 
 def test_average_pooling_ports_to_timms_avg_model_without_fc_norm_and_not_to_torchvision():
     torch.manual_seed(0)
-    ours = randomise_all(small_vit(global_pool="avg"), std=0.1)
+    ours = randomise_all(ViT(CONFIG, global_pool="avg"), std=0.1)
     reference = TimmViT(
         img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=2, num_heads=2, global_pool="avg", fc_norm=False
     )
     reference.load_state_dict(to_timm_state_dict(ours))
     assert max_difference(ours, reference, torch.randn(2, 3, 32, 32)) <= 1e-5
-    loaded = load_timm_state_dict(small_vit(global_pool="avg"), reference.state_dict())
+    loaded = load_timm_state_dict(ViT(CONFIG, global_pool="avg"), reference.state_dict())
     assert max_difference(loaded, reference, torch.randn(2, 3, 32, 32)) <= 1e-5
     with pytest.raises(ValueError, match="torchvision's ViT reads the class token"):
         to_torchvision_state_dict(ours)

@@ -9,7 +9,6 @@ import importlib
 import io
 import logging
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import torchvision
 from safetensors.torch import save as save_safetensors
 
-from conftest import QuietHandler, http_server, randomise_all, write_jax_npz
+from conftest import randomise_all, write_jax_npz
 from going_modular.files import DownloadError
 from going_modular.pretrained import ImagePreprocessing, load_pretrained
 from going_modular.variants import create_vit
@@ -29,38 +28,6 @@ from going_modular.variants import create_vit
 pytestmark = pytest.mark.usefixtures("one_thread")
 TIMM_NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 TIMM_PATH = f"/timm/{TIMM_NAME}/resolve/main/model.safetensors"
-FILES: dict[str, bytes] = {}  # URL path -> body, filled by the tests
-HITS: list[str] = []
-
-
-class Handler(QuietHandler):
-    """Serves FILES; HEAD as the Hub answers it (the file's SHA-256 as ETag, a commit hash), without the body."""
-
-    def do_HEAD(self):  # noqa: N802 (the name http.server expects)
-        self.answer(body=False)
-
-    def do_GET(self):  # noqa: N802
-        self.answer(body=True)
-
-    def answer(self, body: bool) -> None:
-        HITS.append(f"{self.command} {self.path}")
-        data = FILES.get(self.path)
-        if data is None:
-            self.send_error(404, "Not Found")
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-        self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with http_server(Handler) as url:
-        yield url
 
 
 def hub_settings(monkeypatch, **environment: str | None) -> None:
@@ -78,12 +45,13 @@ def hub_settings(monkeypatch, **environment: str | None) -> None:
 
 
 @pytest.fixture(autouse=True)
-def empty_caches(tmp_path, monkeypatch):
-    """Empty torch hub, Hugging Face and JAX caches in tmp_path; HF_HUB_OFFLINE=1 as conftest sets it."""
+def empty_caches(server, tmp_path, monkeypatch):
+    """Empty torch hub, Hugging Face and JAX caches in tmp_path, no requests yet; HF_HUB_OFFLINE=1 as conftest sets
+    it."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("GOING_MODULAR_CACHE", str(tmp_path / "cache"))
     hub_settings(monkeypatch, HF_HOME=str(tmp_path / "hf"))
-    HITS.clear()
+    server.hits.clear()
     yield
     monkeypatch.undo()
     importlib.reload(huggingface_hub.constants)
@@ -94,8 +62,8 @@ def timm_hub(server, monkeypatch, empty_caches):
     """A random timm ViT-Ti/16, served as the Hub's model.safetensors of TIMM_NAME from 127.0.0.1."""
     torch.manual_seed(0)
     reference = randomise_all(timm.create_model("vit_tiny_patch16_224"), std=0.02)
-    FILES[TIMM_PATH] = save_safetensors(reference.state_dict())
-    hub_settings(monkeypatch, HF_ENDPOINT=server, HF_HUB_OFFLINE=None)
+    server.routes[TIMM_PATH] = save_safetensors(reference.state_dict())
+    hub_settings(monkeypatch, HF_ENDPOINT=server.url, HF_HUB_OFFLINE=None)
     return reference
 
 
@@ -107,8 +75,8 @@ def torch_hub_checkpoints() -> Path:
 def serve_torchvision_b32(server, monkeypatch, body: bytes, digest: str) -> str:
     """Serve ``body`` as torchvision's ViT-B/32 weights, named with the SHA-256 prefix ``digest``; return the path."""
     path = f"/models/vit_b_32-{digest[:8]}.pth"
-    FILES[path] = body
-    monkeypatch.setattr(torchvision.models.ViT_B_32_Weights.IMAGENET1K_V1.value, "url", f"{server}{path}")
+    server.routes[path] = body
+    monkeypatch.setattr(torchvision.models.ViT_B_32_Weights.IMAGENET1K_V1.value, "url", f"{server.url}{path}")
     return path
 
 
@@ -128,7 +96,7 @@ def test_torchvision_weights_download_with_a_progress_bar_load_and_match_torchvi
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-4)
     assert not model.training
     load_pretrained("B/32", "torchvision:IMAGENET1K_V1")  # cached: no second download
-    assert HITS == [f"GET {path}"]
+    assert server.hits == [f"GET {path}"]
     assert [p.name for p in torch_hub_checkpoints().iterdir()] == [path.rsplit("/", 1)[1]]
 
 
@@ -142,15 +110,15 @@ def test_torchvision_weights_failing_their_hash_are_deleted_and_named(server, mo
     assert list(cached.parent.iterdir()) == []  # neither the file nor a .partial: the next call downloads again
 
 
-def test_timm_weights_come_from_the_hub_endpoint_into_the_hugging_face_cache(timm_hub, tmp_path, monkeypatch):
+def test_timm_weights_come_from_the_hub_endpoint_into_the_hugging_face_cache(server, timm_hub, tmp_path, monkeypatch):
     model, preprocessing = load_pretrained("Ti/16", TIMM_NAME)
-    weights_requests = [hit for hit in HITS if hit.endswith(TIMM_PATH)]  # the Hub client may ask other things too
+    weights_requests = [hit for hit in server.hits if hit.endswith(TIMM_PATH)]  # the Hub client may ask other things
     assert weights_requests == [f"HEAD {TIMM_PATH}", f"GET {TIMM_PATH}"]
     snapshots = tmp_path / "hf" / "hub" / f"models--timm--{TIMM_NAME}" / "snapshots"
     assert [p.name for p in snapshots.glob("*/*")] == ["model.safetensors"]
     hub_settings(monkeypatch, HF_HUB_OFFLINE="1")  # offline, the cached file is used: what timm would use too
     again, _ = load_pretrained("Ti/16", TIMM_NAME)
-    assert [hit for hit in HITS if hit.endswith(TIMM_PATH)] == weights_requests  # no request for the weights
+    assert [hit for hit in server.hits if hit.endswith(TIMM_PATH)] == weights_requests  # no request for the weights
     torch.testing.assert_close(again.state_dict(), model.state_dict(), rtol=0, atol=0)
     assert preprocessing == ImagePreprocessing(248, 224, "bicubic", (0.5,) * 3, (0.5,) * 3)  # crop_pct 0.9
     x = torch.randn(1, 3, 224, 224)
@@ -166,19 +134,16 @@ def test_fine_tuning_options_resize_e_pos_and_zero_the_head(timm_hub):
     assert (preprocessing.resize_size, preprocessing.crop_size) == (round(248 * 384 / 224), 384)
 
 
-def test_offline_fails_fast_saying_a_download_is_needed(monkeypatch):
-    with socket.socket() as sock:  # a port nothing listens on: the connection is refused at once
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def test_offline_fails_fast_saying_a_download_is_needed(monkeypatch, closed_port):
     weights = torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1
-    monkeypatch.setattr(weights.value, "url", f"http://127.0.0.1:{port}/vit_b_16.pth")
+    monkeypatch.setattr(weights.value, "url", f"http://127.0.0.1:{closed_port}/vit_b_16.pth")  # refused at once
     start = time.perf_counter()
     with pytest.raises(DownloadError, match="weights need a download from http://127.0.0.1"):
         load_pretrained("B/16", "torchvision")
     assert time.perf_counter() - start < 5
 
 
-def test_hf_hub_offline_fails_at_once_without_a_cached_file(tmp_path):
+def test_hf_hub_offline_fails_at_once_without_a_cached_file(server, tmp_path):
     start = time.perf_counter()
     message = (
         f"timm's {TIMM_NAME} weights need a download from https://huggingface.co/timm/{TIMM_NAME}/resolve/main/"
@@ -186,7 +151,7 @@ def test_hf_hub_offline_fails_at_once_without_a_cached_file(tmp_path):
     )
     with pytest.raises(DownloadError, match=re.escape(message)):
         load_pretrained("Ti/16", TIMM_NAME)  # conftest sets HF_HUB_OFFLINE=1
-    assert time.perf_counter() - start < 5 and HITS == []
+    assert time.perf_counter() - start < 5 and server.hits == []
 
 
 @pytest.mark.parametrize(
@@ -200,10 +165,10 @@ def test_hf_hub_offline_fails_at_once_without_a_cached_file(tmp_path):
         ("B/16", "torchvision", {"img_size": (224, 320)}, "img_size must be an int"),
     ],
 )
-def test_bad_requests_are_refused_before_any_download(name, weights, kwargs, message):
+def test_bad_requests_are_refused_before_any_download(server, name, weights, kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_pretrained(name, weights, **kwargs)
-    assert HITS == []
+    assert server.hits == []
 
 
 def test_jax_npz_by_path_uses_the_tanh_gelu_and_says_so(tmp_path, caplog):
@@ -219,10 +184,10 @@ def test_jax_npz_by_path_uses_the_tanh_gelu_and_says_so(tmp_path, caplog):
 
 def test_jax_npz_by_url_is_downloaded_once(server, tmp_path):
     path = write_jax_npz(tmp_path / "ViT.npz", create_vit("Ti/16", num_classes=5, depth=12))
-    FILES["/vit_models/ViT-Ti_16.npz"] = open(path, "rb").read()
+    server.routes["/vit_models/ViT-Ti_16.npz"] = Path(path).read_bytes()
     for _ in range(2):
-        model, _ = load_pretrained("Ti/16", f"{server}/vit_models/ViT-Ti_16.npz")
-    assert HITS == ["GET /vit_models/ViT-Ti_16.npz"] and model.config.num_classes == 5
+        model, _ = load_pretrained("Ti/16", f"{server.url}/vit_models/ViT-Ti_16.npz")
+    assert server.hits == ["GET /vit_models/ViT-Ti_16.npz"] and model.config.num_classes == 5
 
 
 def test_image_preprocessing_equals_torchvisions_transform():

@@ -32,11 +32,7 @@ from going_modular import (
     resize_position_embedding,
 )
 
-SMALL = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3)
-
-
-def small_vit(**overrides) -> ViT:
-    return ViT(**{**SMALL, **overrides})
+SMALL = ViTConfig(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3)
 
 
 # ---- patches and Equation 1 ---------------------------------------------------------------------
@@ -235,7 +231,7 @@ def test_default_vit_is_b16_with_1000_logits():
 
 def test_initialisation_follows_the_reference_implementations():
     torch.manual_seed(0)
-    model = ViT(**{**SMALL, "embed_dim": 96}).eval()
+    model = ViT(SMALL, embed_dim=96).eval()
     assert torch.count_nonzero(model.head.weight) == 0 and torch.count_nonzero(model.head.bias) == 0
     assert torch.count_nonzero(model.class_token) == 0
     assert 0.015 < model.position_embedding.std().item() < 0.025
@@ -245,7 +241,7 @@ def test_initialisation_follows_the_reference_implementations():
 
 def test_forward_is_forward_head_of_forward_features_and_maps_are_the_blocks_attention():
     torch.manual_seed(0)
-    model = randomise_head(small_vit(), std=0.1).eval()
+    model = randomise_head(ViT(SMALL), std=0.1).eval()
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         features = model.forward_features(x)
@@ -269,7 +265,7 @@ def test_forward_features_and_forward_head_match_timm():
     from going_modular import to_timm_state_dict
 
     torch.manual_seed(0)
-    ours = randomise_head(small_vit(), std=0.1).eval()
+    ours = randomise_head(ViT(SMALL), std=0.1).eval()
     theirs = timm.models.vision_transformer.VisionTransformer(
         img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3
     ).eval()
@@ -297,7 +293,7 @@ def test_forward_features_and_forward_head_match_timm():
 
 def test_reset_classifier_is_a_zero_head_without_pre_logits():
     torch.manual_seed(0)
-    model = randomise_head(small_vit(representation_size=20), std=0.1).eval()
+    model = randomise_head(ViT(SMALL, representation_size=20), std=0.1).eval()
     features = model.forward_features(torch.randn(2, 3, 32, 32))
     model.reset_classifier(7)
     assert isinstance(model.pre_logits, nn.Identity) and model.head.weight.shape == (7, 48)
@@ -315,7 +311,7 @@ def test_reset_classifier_is_a_zero_head_without_pre_logits():
 
 def test_set_input_size_stores_the_resized_position_embedding():
     torch.manual_seed(0)
-    model = randomise_head(small_vit(), std=0.1).eval()
+    model = randomise_head(ViT(SMALL), std=0.1).eval()
     x = torch.randn(2, 3, 48, 40)
     with torch.no_grad():
         on_the_fly = model(x)
@@ -331,9 +327,9 @@ def test_set_input_size_stores_the_resized_position_embedding():
 
 def test_other_image_size_uses_resized_position_embeddings():
     torch.manual_seed(0)
-    model = randomise_head(small_vit(), std=0.1).eval()
+    model = randomise_head(ViT(SMALL), std=0.1).eval()
     x = torch.randn(2, 3, 48, 40)
-    resized = ViT(**{**SMALL, "img_size": (48, 40)}).eval()
+    resized = ViT(SMALL, img_size=(48, 40)).eval()
     state = model.state_dict()
     state["position_embedding"] = resize_position_embedding(model.position_embedding.detach(), (8, 8), (12, 10))
     resized.load_state_dict(state)
@@ -353,7 +349,7 @@ def test_other_image_size_uses_resized_position_embeddings():
 )
 def test_gradients_reach_every_parameter(options):
     torch.manual_seed(0)
-    model = randomise_head(small_vit(**options), std=0.1).train()
+    model = randomise_head(ViT(SMALL, **options), std=0.1).train()
     loss = F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     without = [name for name, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
@@ -363,7 +359,7 @@ def test_gradients_reach_every_parameter(options):
 def test_same_seed_same_model_and_same_training_forward():
     def run() -> tuple[dict, torch.Tensor]:
         torch.manual_seed(123)
-        model = small_vit(drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2).train()
+        model = ViT(SMALL, drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.2).train()
         return model.state_dict(), model(torch.randn(3, 3, 32, 32))
 
     (state_a, out_a), (state_b, out_b) = run(), run()
@@ -372,7 +368,7 @@ def test_same_seed_same_model_and_same_training_forward():
 
 
 def test_drop_path_rates_rise_linearly_to_the_last_block():
-    model = small_vit(depth=5, drop_path_rate=0.2)
+    model = ViT(SMALL, depth=5, drop_path_rate=0.2)
     assert [round(b.drop_path1.p, 6) for b in model.blocks] == [0.0, 0.05, 0.1, 0.15, 0.2]
 
 
@@ -388,8 +384,8 @@ def test_config_round_trips_through_json():
 
 
 def test_no_head_returns_the_representation():
-    assert small_vit(num_classes=0)(torch.randn(2, 3, 32, 32)).shape == (2, 48)
-    assert small_vit(num_classes=0, representation_size=7)(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    assert ViT(SMALL, num_classes=0)(torch.randn(2, 3, 32, 32)).shape == (2, 48)
+    assert ViT(SMALL, num_classes=0, representation_size=7)(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
 @pytest.mark.parametrize(
@@ -405,11 +401,11 @@ def test_no_head_returns_the_representation():
 )
 def test_bad_input_is_rejected_with_what_was_expected_and_received(bad, error, message):
     with pytest.raises(error, match=message):
-        small_vit()(bad)
+        ViT(SMALL)(bad)
 
 
 def test_bad_input_is_rejected_before_any_compute(monkeypatch):
-    model = small_vit()
+    model = ViT(SMALL)
     calls = []
     monkeypatch.setattr(model.patch_embedding.proj, "forward", lambda x: calls.append(x))
     with pytest.raises(ValueError):
@@ -435,7 +431,7 @@ def test_bad_input_is_rejected_before_any_compute(monkeypatch):
 )
 def test_bad_configuration_is_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        small_vit(**kwargs)
+        ViT(SMALL, **kwargs)
 
 
 # ---- Table 1 ----------------------------------------------------------------------------------------
@@ -491,7 +487,7 @@ def test_closed_forms_match_the_model(options):
     # On the meta device attention decomposes into matrix products that FlopCounterMode sees (a
     # fused CPU attention kernel would go uncounted), and nothing is computed.
     with torch.device("meta"):
-        model = small_vit(**options).eval()
+        model = ViT(SMALL, **options).eval()
         assert count_parameters(model.config) == sum(p.numel() for p in model.parameters())
         h, w = to_hw(model.config.img_size)
         with FlopCounterMode(display=False) as counter:
@@ -504,14 +500,14 @@ def to_hw(size) -> tuple[int, int]:
 
 
 def test_closed_forms_refuse_the_conv_stem():
-    config = small_vit(conv_stem=True).config
+    config = ViT(SMALL, conv_stem=True).config
     for count in (count_parameters, count_macs):
         with pytest.raises(ValueError, match="conv_stem=True"):
             count(config)
         with pytest.raises(TypeError, match="takes a ViTConfig"):
-            count(SMALL)
+            count(SMALL.to_dict())
         with pytest.raises(TypeError, match="unexpected keyword argument 'img_size'"):
-            count(**SMALL)
+            count(**SMALL.to_dict())
 
 
 def test_average_pooling_reads_the_mean_of_the_normed_patch_tokens():
@@ -540,7 +536,7 @@ def test_config_is_frozen_normalised_and_shared_by_model_and_counts():
     model = ViT(config)
     assert model.config == config and ViT.from_config(config).config == config
     assert ViT(config, num_classes=5).config == ViTConfig(**{**config.to_dict(), "num_classes": 5})
-    assert ViT(**SMALL).config == ViTConfig(**SMALL)
+    assert ViT(**SMALL.to_dict()).config == SMALL
     assert ViTConfig(img_size=(32, 48), patch_size=4).to_dict()["img_size"] == [32, 48]
 
 
@@ -575,6 +571,6 @@ def test_unknown_keywords_are_errors_everywhere():
     with pytest.raises(TypeError, match="em9ed_dim"):
         ViT(ViTConfig(), em9ed_dim=64)
     with pytest.raises(TypeError, match="expected a ViTConfig"):
-        ViT(dict(SMALL))
+        ViT(SMALL.to_dict())
     with pytest.raises(TypeError):
         count_parameters(ViTConfig(), depth=3)
