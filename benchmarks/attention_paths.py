@@ -19,7 +19,9 @@ from going_modular import create_vit
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="Ti/16", help="Table 1 variant, e.g. Ti/16, S/16, B/16")
+    parser.add_argument(
+        "--model", default="Ti/16", help="Table 1 variant, e.g. Ti/16, S/16, B/16"
+    )
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=10)
@@ -31,7 +33,9 @@ def main() -> None:
     with torch.no_grad():
         default = median_seconds(lambda: model(x), args.repeats)
         with_maps = median_seconds(lambda: model.forward_attention(x), args.repeats)
-    tokens = (args.img_size // model.patch_size[0]) * (args.img_size // model.patch_size[1]) + 1
+    tokens = (args.img_size // model.patch_size[0]) * (
+        args.img_size // model.patch_size[1]
+    ) + 1
     print(
         f"ViT-{args.model}, batch {args.batch}, {tokens} tokens, {torch.get_num_threads()} threads, "
         f"device cpu, torch {torch.__version__}"

@@ -25,14 +25,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-from timing import median_seconds  # stdlib only: NumPy is imported later, after --threads
+from timing import (
+    median_seconds,
+)  # stdlib only: NumPy is imported later, after --threads
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="Ti/16", help="a create_vit variant (default Ti/16)")
-    parser.add_argument("--img-size", type=int, default=224, help="image height and width (default 224)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed forward passes per side (default 20)")
+    parser.add_argument(
+        "--variant", default="Ti/16", help="a create_vit variant (default Ti/16)"
+    )
+    parser.add_argument(
+        "--img-size", type=int, default=224, help="image height and width (default 224)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=20,
+        help="timed forward passes per side (default 20)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -46,8 +57,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="repeat the measurement in this many fresh processes and report the median and range of the ratio "
         "(it varies between processes with the state of the C allocator; default 1)",
     )
-    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one process's numbers, for --processes
-    parser.add_argument("--markdown", type=Path, default=None, help="also write the result as a Markdown table here")
+    parser.add_argument(
+        "--json", action="store_true", help=argparse.SUPPRESS
+    )  # one process's numbers, for --processes
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="also write the result as a Markdown table here",
+    )
     args = parser.parse_args(argv)
     if args.processes < 1:
         parser.error(f"--processes must be at least 1, got {args.processes}")
@@ -75,12 +93,17 @@ def measure(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = create_vit(args.variant, num_classes=1000, img_size=args.img_size).eval()
-    with torch.no_grad():  # the head and class token start at zero: give every parameter some noise
+    with (
+        torch.no_grad()
+    ):  # the head and class token start at zero: give every parameter some noise
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
     image = torch.randn(1, 3, args.img_size, args.img_size)
     with tempfile.TemporaryDirectory() as tmp:
-        metadata = {"class_names": [f"class {k}" for k in range(1000)], "preprocessing": {}}
+        metadata = {
+            "class_names": [f"class {k}" for k in range(1000)],
+            "preprocessing": {},
+        }
         save_model(model, Path(tmp) / "ckpt", metadata)
         hparams, params = numpy_vit.load_hparams_and_params(Path(tmp) / "ckpt")
     array = image[0].numpy()
@@ -107,8 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.processes == 1:
         runs = [measure(args)]
     else:  # each in a fresh interpreter: the allocator's state is part of what is measured
-        command = [sys.executable, __file__, "--variant", args.variant, "--img-size", str(args.img_size)]
-        command += ["--repeats", str(args.repeats), "--json", *(["--threads", str(args.threads)] * bool(args.threads))]
+        command = [
+            sys.executable,
+            __file__,
+            "--variant",
+            args.variant,
+            "--img-size",
+            str(args.img_size),
+        ]
+        command += [
+            "--repeats",
+            str(args.repeats),
+            "--json",
+            *(["--threads", str(args.threads)] * bool(args.threads)),
+        ]
         runs = [json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
                 for _ in range(args.processes)]  # fmt: skip
     if args.json:
@@ -127,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"max |numpy - torch| logit difference: {difference:.2e}")
     print(f"numpy forward:   {numpy_s * 1e3:8.1f} ms")
     print(f"pytorch forward: {torch_s * 1e3:8.1f} ms")
-    print(f"numpy / pytorch: {statistics.median(ratios):8.2f}x (per process: {', '.join(f'{r:.2f}' for r in ratios)})")
+    print(
+        f"numpy / pytorch: {statistics.median(ratios):8.2f}x (per process: {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
     if args.markdown is not None:
         from going_modular.files import atomic_write
 
-        spread = f"{ratios[0]:.2f} to {ratios[-1]:.2f}" if len(runs) > 1 else "one process"
+        spread = (
+            f"{ratios[0]:.2f} to {ratios[-1]:.2f}" if len(runs) > 1 else "one process"
+        )
         with atomic_write(args.markdown) as tmp:
             tmp.write_text(
                 "| ViT | threads | NumPy (ms) | PyTorch (ms) | NumPy / PyTorch | per process | max logit difference |\n"

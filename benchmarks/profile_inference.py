@@ -54,12 +54,18 @@ def pin_malloc() -> bool:
     except OSError:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(
+        libc.mallopt(m_trim_threshold, 2**31 - 1)
+    )
 
 
 def page_faults() -> int:
     """Minor page faults of this process so far (0 where the ``resource`` module is missing)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
+    return (
+        resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        if resource is not None
+        else 0
+    )
 
 
 def op_times(step: Callable[[], object], steps: int) -> dict[str, tuple[float, float]]:
@@ -67,14 +73,22 @@ def op_times(step: Callable[[], object], steps: int) -> dict[str, tuple[float, f
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
-    return {e.key: (e.count / steps, e.self_cpu_time_total / 1e3 / steps) for e in prof.key_averages()}
+    return {
+        e.key: (e.count / steps, e.self_cpu_time_total / 1e3 / steps)
+        for e in prof.key_averages()
+    }
 
 
-def median_table(tables: list[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
+def median_table(
+    tables: list[dict[str, tuple[float, float]]],
+) -> dict[str, tuple[float, float]]:
     """The median (calls, ms) of every op over ``tables`` (an op missing from one counts as 0 there)."""
     keys = {key for table in tables for key in table}
     return {
-        key: tuple(statistics.median(table.get(key, (0.0, 0.0))[i] for table in tables) for i in range(2))
+        key: tuple(
+            statistics.median(table.get(key, (0.0, 0.0))[i] for table in tables)
+            for i in range(2)
+        )
         for key in keys
     }
 
@@ -87,17 +101,32 @@ def print_top(name: str, table: dict[str, tuple[float, float]], top: int) -> Non
         print(f"  {key[:52]:<52} {calls:>6.0f} {ms:>8.2f} {ms / total:>6.1%}")
 
 
-def print_difference(ours: dict[str, tuple[float, float]], theirs: dict[str, tuple[float, float]], top: int) -> None:
-    rows = [(key, ours.get(key, (0.0, 0.0)), theirs.get(key, (0.0, 0.0))) for key in set(ours) | set(theirs)]
+def print_difference(
+    ours: dict[str, tuple[float, float]],
+    theirs: dict[str, tuple[float, float]],
+    top: int,
+) -> None:
+    rows = [
+        (key, ours.get(key, (0.0, 0.0)), theirs.get(key, (0.0, 0.0)))
+        for key in set(ours) | set(theirs)
+    ]
     rows.sort(key=lambda row: -abs(row[1][1] - row[2][1]))
     total = sum(ms for _, ms in ours.values()) - sum(ms for _, ms in theirs.values())
-    print(f"\nper op, ours minus timm (self CPU ms per forward pass; all ops: {total:+.2f} ms)")
-    print(f"  {'op':<52} {'calls ours':>10} {'timm':>6} {'ms ours':>8} {'timm':>8} {'diff':>8}")
+    print(
+        f"\nper op, ours minus timm (self CPU ms per forward pass; all ops: {total:+.2f} ms)"
+    )
+    print(
+        f"  {'op':<52} {'calls ours':>10} {'timm':>6} {'ms ours':>8} {'timm':>8} {'diff':>8}"
+    )
     for key, (calls, ms), (their_calls, their_ms) in rows[:top]:
-        print(f"  {key[:52]:<52} {calls:>10.0f} {their_calls:>6.0f} {ms:>8.2f} {their_ms:>8.2f} {ms - their_ms:>+8.2f}")
+        print(
+            f"  {key[:52]:<52} {calls:>10.0f} {their_calls:>6.0f} {ms:>8.2f} {their_ms:>8.2f} {ms - their_ms:>+8.2f}"
+        )
 
 
-def interleaved(steps: dict[str, Callable[[], object]], rounds: int, repeats: int) -> dict[str, dict[str, list[float]]]:
+def interleaved(
+    steps: dict[str, Callable[[], object]], rounds: int, repeats: int
+) -> dict[str, dict[str, list[float]]]:
     """Per model: the ms and the page faults per forward pass of every round (the order alternates)."""
     record = {name: {"ms": [], "faults": []} for name in steps}
     names = list(steps)
@@ -113,13 +142,32 @@ def interleaved(steps: dict[str, Callable[[], object]], rounds: int, repeats: in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="Ti/16", help="a create_vit name, e.g. Ti/16, S/16, B/16")
+    parser.add_argument(
+        "--variant", default="Ti/16", help="a create_vit name, e.g. Ti/16, S/16, B/16"
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
-    parser.add_argument("--profile-rounds", type=int, default=5, help="profiles of each model, alternating (median)")
-    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per model (median reported)")
-    parser.add_argument("--repeats", type=int, default=2, help="forward passes per model and round")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: PyTorch's choice)",
+    )
+    parser.add_argument(
+        "--profile-rounds",
+        type=int,
+        default=5,
+        help="profiles of each model, alternating (median)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=15,
+        help="timed rounds per model (median reported)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="forward passes per model and round"
+    )
     parser.add_argument("--top", type=int, default=12, help="rows of each op table")
     parser.add_argument(
         "--pin-malloc",
@@ -128,8 +176,20 @@ def main(argv: list[str] | None = None) -> int:
         help="keep freed memory in glibc's heap (mallopt), as benchmarks/speed.py does (default: on)",
     )
     args = parser.parse_args(argv)
-    if min(args.batch, args.image_size, args.profile_rounds, args.rounds, args.repeats, args.top) < 1:
-        parser.error("--batch, --image-size, --profile-rounds, --rounds, --repeats and --top must be positive")
+    if (
+        min(
+            args.batch,
+            args.image_size,
+            args.profile_rounds,
+            args.rounds,
+            args.repeats,
+            args.top,
+        )
+        < 1
+    ):
+        parser.error(
+            "--batch, --image-size, --profile-rounds, --rounds, --repeats and --top must be positive"
+        )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     pinned = pin_malloc() if args.pin_malloc else False
@@ -139,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     built = build(args.variant, args.image_size, torch.device("cpu"))
     models: dict[str, nn.Module] = {name: built.pop(name).eval() for name in NAMES}
     del built  # torchvision's model: not compared here
-    images = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(1))
+    images = torch.randn(
+        args.batch,
+        3,
+        args.image_size,
+        args.image_size,
+        generator=torch.Generator().manual_seed(1),
+    )
 
     def forward(model: nn.Module) -> Callable[[], object]:
         return lambda: model(images)
@@ -152,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         ours, theirs = (step() for step in steps.values())
         same = torch.equal(ours, theirs)
-        print("logits:", "equal" if same else f"largest difference {(ours - theirs).abs().max().item():.3g}")
+        print(
+            "logits:",
+            "equal"
+            if same
+            else f"largest difference {(ours - theirs).abs().max().item():.3g}",
+        )
         for step in steps.values():  # warm-up
             step()
             step()
@@ -166,9 +237,16 @@ def main(argv: list[str] | None = None) -> int:
         print_difference(profiles["going_modular"], profiles["timm"], args.top)
         record = interleaved(steps, args.rounds, args.repeats)
 
-    ratios = sorted(t / o for o, t in zip(record["going_modular"]["ms"], record["timm"]["ms"], strict=True))
+    ratios = sorted(
+        t / o
+        for o, t in zip(
+            record["going_modular"]["ms"], record["timm"]["ms"], strict=True
+        )
+    )
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-    print(f"\n{args.rounds} interleaved rounds of {args.repeats} forward passes each (median per round):")
+    print(
+        f"\n{args.rounds} interleaved rounds of {args.repeats} forward passes each (median per round):"
+    )
     for name in NAMES:
         print(
             f"  {name:<14} {statistics.median(record[name]['ms']):8.1f} ms per forward pass, "

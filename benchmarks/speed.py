@@ -49,7 +49,9 @@ def build(variant: str, image_size: int, device: torch.device) -> dict[str, nn.M
     """The three implementations of ``variant``, with going_modular's random weights copied into the others."""
     torch.manual_seed(0)
     ours = create_vit(variant, img_size=image_size, num_classes=1000)
-    with torch.no_grad():  # the head and class token start at zero: give every weight some noise
+    with (
+        torch.no_grad()
+    ):  # the head and class token start at zero: give every weight some noise
         for parameter in ours.parameters():
             parameter.add_(0.02 * torch.randn_like(parameter))
     c = ours.config
@@ -64,7 +66,10 @@ def build(variant: str, image_size: int, device: torch.device) -> dict[str, nn.M
     )  # fmt: skip
     timm_model.load_state_dict(to_timm_state_dict(ours))
     models = {"going_modular": ours, "torchvision": theirs, "timm": timm_model}
-    counts = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
+    counts = {
+        name: sum(p.numel() for p in model.parameters())
+        for name, model in models.items()
+    }
     if len(set(counts.values())) != 1:
         raise SystemExit(f"the three {variant} models differ in size: {counts}")
     return {name: model.to(device) for name, model in models.items()}
@@ -75,20 +80,30 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def inference_step(model: nn.Module, images: torch.Tensor, amp: torch.dtype | None) -> Callable[[], None]:
+def inference_step(
+    model: nn.Module, images: torch.Tensor, amp: torch.dtype | None
+) -> Callable[[], None]:
     model.eval()
 
     def step() -> None:
-        with torch.inference_mode(), torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(images.device.type, dtype=amp, enabled=amp is not None),
+        ):
             model(images)
 
     return step
 
 
 def training_step(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp: torch.dtype | None
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    amp: torch.dtype | None,
 ) -> Callable[[], None]:
-    optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.05)  # AdamW, as engine.train uses
+    optimizer = build_optimizer(
+        model, lr=1e-4, weight_decay=0.05
+    )  # AdamW, as engine.train uses
     loss_fn = nn.CrossEntropyLoss()
 
     def step() -> None:
@@ -130,28 +145,43 @@ def measure(
     if compile_models:
         models = {name: torch.compile(model) for name, model in models.items()}
     generator = torch.Generator().manual_seed(1)
-    images = torch.randn(batch, 3, image_size, image_size, generator=generator).to(device)
+    images = torch.randn(batch, 3, image_size, image_size, generator=generator).to(
+        device
+    )
     labels = torch.randint(0, 1000, (batch,), generator=generator).to(device)
     steps = {
-        name: inference_step(model, images, amp) if mode == "inference" else training_step(model, images, labels, amp)
+        name: inference_step(model, images, amp)
+        if mode == "inference"
+        else training_step(model, images, labels, amp)
         for name, model in models.items()
     }
-    for step in steps.values():  # warm-up: allocator, kernels, optimiser state, compilation
+    for (
+        step
+    ) in steps.values():  # warm-up: allocator, kernels, optimiser state, compilation
         timed(step, 2, device)
-    repeats = max(1, round(seconds / timed(steps["going_modular"], 1, device)))  # steps in about `seconds`
+    repeats = max(
+        1, round(seconds / timed(steps["going_modular"], 1, device))
+    )  # steps in about `seconds`
     durations = {name: [] for name in steps}
     peaks = []
     names = list(steps)
-    for r in range(rounds):  # each round starts with another implementation: going first is slower (allocator)
+    for r in range(
+        rounds
+    ):  # each round starts with another implementation: going first is slower (allocator)
         for name in names[r % len(names) :] + names[: r % len(names)]:
             durations[name].append(timed(steps[name], repeats, device))
         peaks.append(matmul_flops(device))
-    rate = {name: batch * repeats / statistics.median(values) for name, values in durations.items()}
+    rate = {
+        name: batch * repeats / statistics.median(values)
+        for name, values in durations.items()
+    }
     flops = rate["going_modular"] * forward_flops * (1 if mode == "inference" else 3)
     fastest_other = max(rate[name] for name in IMPLEMENTATIONS[1:])
     return {
         "variant": variant,
-        "mode": mode + ("" if amp is None else ", bf16") + (", compiled" if compile_models else ""),
+        "mode": mode
+        + ("" if amp is None else ", bf16")
+        + (", compiled" if compile_models else ""),
         "batch": batch,
         "rate": rate,
         "ratio": rate["going_modular"] / fastest_other,
@@ -188,9 +218,17 @@ def plot(rows: list[dict]):
     height = 0.8 / len(IMPLEMENTATIONS)
     for k, name in enumerate(IMPLEMENTATIONS):
         values = [row["rate"][name] / row["rate"]["going_modular"] for row in rows]
-        ax.barh([i + (k - 1) * height for i in range(len(rows))], values, height=height, label=name)
+        ax.barh(
+            [i + (k - 1) * height for i in range(len(rows))],
+            values,
+            height=height,
+            label=name,
+        )
     ax.axvline(1.0, color="black", lw=0.8)
-    ax.set_yticks(range(len(rows)), [f"{row['variant']} {row['mode']}, batch {row['batch']}" for row in rows])
+    ax.set_yticks(
+        range(len(rows)),
+        [f"{row['variant']} {row['mode']}, batch {row['batch']}" for row in rows],
+    )
     ax.invert_yaxis()
     ax.set_xlim(0.5, 1.5)
     ax.set_xlabel("images per second, relative to going_modular (right of 1: faster)")
@@ -201,15 +239,49 @@ def plot(rows: list[dict]):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["Ti/16", "B/16"], help="create_vit names")
+    parser.add_argument(
+        "--variants", nargs="+", default=["Ti/16", "B/16"], help="create_vit names"
+    )
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=None, help="images per step (default: 8 on the CPU, 64 on CUDA)")
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per implementation (median reported)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="rough length of one timed round per row")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--markdown", type=Path, default=None, help="also write the table (with its context) here")
-    parser.add_argument("--figure", type=Path, default=None, help="also draw the images/s of every row as a PNG here")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="images per step (default: 8 on the CPU, 64 on CUDA)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=7,
+        help="timed rounds per implementation (median reported)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=2.0,
+        help="rough length of one timed round per row",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: PyTorch's choice)",
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="also write the table (with its context) here",
+    )
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        default=None,
+        help="also draw the images/s of every row as a PNG here",
+    )
     args = parser.parse_args(argv)
     if min(args.rounds, args.image_size, args.batch or 1) < 1 or args.seconds <= 0:
         parser.error("--rounds, --image-size, --batch and --seconds must be positive")
@@ -219,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (64 if device.type == "cuda" else 8)
     settings = [dict()]
     if device.type == "cuda":
-        settings += [dict(amp=torch.bfloat16), dict(amp=torch.bfloat16, compile_models=True)]
+        settings += [
+            dict(amp=torch.bfloat16),
+            dict(amp=torch.bfloat16, compile_models=True),
+        ]
     rows = []
     for variant in args.variants:
         for setting in settings:

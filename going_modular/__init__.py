@@ -73,8 +73,17 @@ _REEXPORTS = (
 if TYPE_CHECKING:  # what IDEs and type checkers read; at run time importing the package imports no module
     from going_modular.attention import MultiHeadSelfAttention
     from going_modular.block import MLP, DropPath, EncoderBlock
-    from going_modular.embedding import ConvStem, PatchEmbedding, resize_position_embedding
-    from going_modular.jax_checkpoint import JAX_POSITION, jax_npz_config, jax_npz_layout, load_jax_npz
+    from going_modular.embedding import (
+        ConvStem,
+        PatchEmbedding,
+        resize_position_embedding,
+    )
+    from going_modular.jax_checkpoint import (
+        JAX_POSITION,
+        jax_npz_config,
+        jax_npz_layout,
+        load_jax_npz,
+    )
     from going_modular.patches import check_images, patchify, to_pair
     from going_modular.porting import (
         TIMM_RULES,
@@ -86,7 +95,14 @@ if TYPE_CHECKING:  # what IDEs and type checkers read; at run time importing the
         to_torchvision_state_dict,
     )
     from going_modular.pretrained import load_pretrained
-    from going_modular.variants import VIT_VARIANTS, count_macs, count_parameters, create_vit, parse_variant, vit_config
+    from going_modular.variants import (
+        VIT_VARIANTS,
+        count_macs,
+        count_parameters,
+        create_vit,
+        parse_variant,
+        vit_config,
+    )
     from going_modular.vit import ViT, ViTConfig
 
 _MODULE_OF = {

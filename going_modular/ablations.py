@@ -10,7 +10,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from going_modular.data import DataSplits, create_dataloaders, load_digits_data, load_textures_data
+from going_modular.data import (
+    DataSplits,
+    create_dataloaders,
+    load_digits_data,
+    load_textures_data,
+)
 from going_modular.engine import init_truncated_normal, train
 from going_modular.runtime import set_seed
 from going_modular.variants import vit_config
@@ -40,9 +45,16 @@ __all__ = [
 # notebooks/12_data_and_ablations.ipynb, cell 4
 def small_cnn(num_classes: int, *, in_channels: int = 3) -> nn.Sequential:
     """Three 3x3 convolutions, one 2x2 max-pooling, global average pooling, a linear head: (B, C, H, W) -> (B, K)."""
-    c1, c2, c3 = (nn.Conv2d(i, o, 3, padding=1) for i, o in ((in_channels, 32), (32, 64), (64, 64)))
-    features = nn.Sequential(c1, nn.ReLU(), c2, nn.ReLU(), nn.MaxPool2d(2), c3, nn.ReLU())
-    return nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+    c1, c2, c3 = (
+        nn.Conv2d(i, o, 3, padding=1)
+        for i, o in ((in_channels, 32), (32, 64), (64, 64))
+    )
+    features = nn.Sequential(
+        c1, nn.ReLU(), c2, nn.ReLU(), nn.MaxPool2d(2), c3, nn.ReLU()
+    )
+    return nn.Sequential(
+        features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)
+    )
 
 
 def subset(splits: DataSplits, fraction: float, *, seed: int) -> DataSplits:
@@ -50,8 +62,15 @@ def subset(splits: DataSplits, fraction: float, *, seed: int) -> DataSplits:
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     images, labels = splits.train.tensors
-    keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[: round(len(labels) * fraction)]
-    return DataSplits(TensorDataset(images[keep], labels[keep]), splits.test, splits.class_names, splits.preprocessing)
+    keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[
+        : round(len(labels) * fraction)
+    ]
+    return DataSplits(
+        TensorDataset(images[keep], labels[keep]),
+        splits.test,
+        splits.class_names,
+        splits.preprocessing,
+    )
 
 
 def without_position_embedding(model: ViT) -> ViT:
@@ -80,7 +99,11 @@ class ViT2DPosition(ViT):
         """E_pos (1, 1 + h w, D) in raster order, built from X and Y."""
         (h, w) = self.grid_size
         grid = torch.cat(
-            [self.row_embedding[:, None].expand(h, w, -1), self.column_embedding[None].expand(h, w, -1)], -1
+            [
+                self.row_embedding[:, None].expand(h, w, -1),
+                self.column_embedding[None].expand(h, w, -1),
+            ],
+            -1,
         )
         return torch.cat([self.class_position, grid.reshape(h * w, -1)])[None]
 
@@ -89,13 +112,21 @@ class ViT2DPosition(ViT):
 
 
 # notebooks/12_data_and_ablations.ipynb, cell 8
-TEXTURES_16 = dict(img_size=16, num_train=2000, num_test=500, seed=0)  # the data of every run below
-VIT_16 = vit_config("Micro/4", img_size=16, num_classes=4)  # D = 64, L = 4, h = 8, P = 4
-RECIPE = dict(epochs=12, lr=1e-3, weight_decay=0.05)  # AdamW, warm-up then cosine decay, clipping at 1
+TEXTURES_16 = dict(
+    img_size=16, num_train=2000, num_test=500, seed=0
+)  # the data of every run below
+VIT_16 = vit_config(
+    "Micro/4", img_size=16, num_classes=4
+)  # D = 64, L = 4, h = 8, P = 4
+RECIPE = dict(
+    epochs=12, lr=1e-3, weight_decay=0.05
+)  # AdamW, warm-up then cosine decay, clipping at 1
 SEEDS = range(5)
 
 
-def build_textures_model(model: str = "vit", *, pooling: str = "cls", position: str = "1d") -> nn.Module:
+def build_textures_model(
+    model: str = "vit", *, pooling: str = "cls", position: str = "1d"
+) -> nn.Module:
     """``cnn`` (``small_cnn``) or ``vit`` with ``pooling`` 'cls' or 'avg' and ``position`` '1d', '2d' or 'none'."""
     if model == "cnn":
         return small_cnn(4)
@@ -104,7 +135,9 @@ def build_textures_model(model: str = "vit", *, pooling: str = "cls", position: 
             f"expected model 'vit' or 'cnn' and position '1d', '2d' or 'none', got {model!r}, {position!r}"
         )
     global_pool = {"cls": "token", "avg": "avg"}[pooling]
-    vit = init_truncated_normal((ViT2DPosition if position == "2d" else ViT)(VIT_16, global_pool=global_pool))
+    vit = init_truncated_normal(
+        (ViT2DPosition if position == "2d" else ViT)(VIT_16, global_pool=global_pool)
+    )
     return without_position_embedding(vit) if position == "none" else vit
 
 
@@ -118,12 +151,20 @@ def textures_run(config: dict, *, device: torch.device) -> dict:
     seed, images = config["seed"], config.get("train_images", TEXTURES_16["num_train"])
     set_seed(seed)
     model = build_textures_model(
-        config.get("model", "vit"), pooling=config.get("pooling", "cls"), position=config.get("position", "1d")
+        config.get("model", "vit"),
+        pooling=config.get("pooling", "cls"),
+        position=config.get("position", "1d"),
     )
-    data = subset(load_textures_data(**TEXTURES_16), images / TEXTURES_16["num_train"], seed=seed)
-    train_loader, test_loader = create_dataloaders(data, batch_size=64, seed=seed, device=device)
+    data = subset(
+        load_textures_data(**TEXTURES_16), images / TEXTURES_16["num_train"], seed=seed
+    )
+    train_loader, test_loader = create_dataloaders(
+        data, batch_size=64, seed=seed, device=device
+    )
     recipe = RECIPE | {"lr": config.get("lr", RECIPE["lr"])}
-    history = train(model, train_loader, test_loader, device=device, progress=False, **recipe)
+    history = train(
+        model, train_loader, test_loader, device=device, progress=False, **recipe
+    )
     return {
         "test_accuracy": history["test_accuracy"][-1],
         "train_accuracy": history["train_accuracy"][-1],
@@ -149,8 +190,12 @@ ABLATION_GRID = tuple(
     for lr in rates
     for seed in SEEDS
 )
-DIGITS_MODEL = vit_config("Micro/2", img_size=8, in_channels=1, num_classes=10)  # chapter 8's model
-DIGITS_RECIPE = dict(epochs=20, lr=2e-3, weight_decay=0.05)  # chapter 8's recipe, for all 1,437 training digits
+DIGITS_MODEL = vit_config(
+    "Micro/2", img_size=8, in_channels=1, num_classes=10
+)  # chapter 8's model
+DIGITS_RECIPE = dict(
+    epochs=20, lr=2e-3, weight_decay=0.05
+)  # chapter 8's recipe, for all 1,437 training digits
 
 
 def digits_run(config: dict, *, device: torch.device) -> dict:
@@ -162,9 +207,19 @@ def digits_run(config: dict, *, device: torch.device) -> dict:
     set_seed(seed)
     data = digits if images == full else subset(digits, images / full, seed=seed)
     loaders = create_dataloaders(data, batch_size=64, seed=seed, device=device)
-    model = init_truncated_normal(ViT(DIGITS_MODEL)) if config["model"] == "vit" else small_cnn(10, in_channels=1)
+    model = (
+        init_truncated_normal(ViT(DIGITS_MODEL))
+        if config["model"] == "vit"
+        else small_cnn(10, in_channels=1)
+    )
     epochs = round(DIGITS_RECIPE["epochs"] * full / images)
-    history = train(model, *loaders, device=device, progress=False, **(DIGITS_RECIPE | {"epochs": epochs}))
+    history = train(
+        model,
+        *loaders,
+        device=device,
+        progress=False,
+        **(DIGITS_RECIPE | {"epochs": epochs}),
+    )
     return {
         "test_accuracy": history["test_accuracy"][-1],
         "train_accuracy": history["train_accuracy"][-1],

@@ -51,11 +51,25 @@ __all__ = [
 # notebooks/11_inspecting_vit.ipynb, cell 12
 def _check_maps(maps: Sequence[torch.Tensor]) -> tuple[int, int, int]:
     """Raise unless ``maps`` is a non-empty list of tensors (B, h, T, T) of one shape; return (B, h, T)."""
-    if isinstance(maps, torch.Tensor) or not isinstance(maps, Sequence) or len(maps) == 0:
-        raise ValueError(f"expected a non-empty list of attention maps (B, h, T, T), one per layer, got {maps!r:.80}")
+    if (
+        isinstance(maps, torch.Tensor)
+        or not isinstance(maps, Sequence)
+        or len(maps) == 0
+    ):
+        raise ValueError(
+            f"expected a non-empty list of attention maps (B, h, T, T), one per layer, got {maps!r:.80}"
+        )
     for i, weights in enumerate(maps):
-        if not isinstance(weights, torch.Tensor) or weights.ndim != 4 or weights.shape[-1] != weights.shape[-2]:
-            shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+        if (
+            not isinstance(weights, torch.Tensor)
+            or weights.ndim != 4
+            or weights.shape[-1] != weights.shape[-2]
+        ):
+            shape = (
+                tuple(weights.shape)
+                if isinstance(weights, torch.Tensor)
+                else type(weights).__name__
+            )
             raise ValueError(f"maps[{i}] must be a tensor (B, h, T, T), got {shape}")
         if weights.shape != maps[0].shape:
             raise ValueError(
@@ -67,11 +81,15 @@ def _check_maps(maps: Sequence[torch.Tensor]) -> tuple[int, int, int]:
 def _check_grid(tokens: int, grid: tuple[int, int]) -> None:
     """Raise unless T = 1 + gh * gw (the class token and one token per patch)."""
     if tokens != 1 + grid[0] * grid[1]:
-        raise ValueError(f"expected T = 1 + {grid[0]}*{grid[1]} = {1 + grid[0] * grid[1]} tokens, got T = {tokens}")
+        raise ValueError(
+            f"expected T = 1 + {grid[0]}*{grid[1]} = {1 + grid[0] * grid[1]} tokens, got T = {tokens}"
+        )
 
 
 # notebooks/11_inspecting_vit.ipynb, cell 13
-def attention_rollout(maps: Sequence[torch.Tensor], residual: bool = True) -> torch.Tensor:
+def attention_rollout(
+    maps: Sequence[torch.Tensor], residual: bool = True
+) -> torch.Tensor:
     """Attention rollout (Abnar and Zuidema, 2020): L maps (B, h, T, T) -> (B, T, T).
 
     Heads are averaged; with ``residual`` each layer's matrix becomes 0.5 A + 0.5 I, rows renormalised to 1.
@@ -90,30 +108,45 @@ def attention_rollout(maps: Sequence[torch.Tensor], residual: bool = True) -> to
 
 
 # notebooks/11_inspecting_vit.ipynb, cell 16
-def class_token_map(rollout: torch.Tensor, grid_size: int | Sequence[int]) -> torch.Tensor:
+def class_token_map(
+    rollout: torch.Tensor, grid_size: int | Sequence[int]
+) -> torch.Tensor:
     """The class token's row of a rollout (B, T, T), patch part, renormalised to sum 1: (B, gh, gw)."""
     gh, gw = to_pair(grid_size, "grid_size")
     if rollout.ndim != 3 or rollout.shape[1] != rollout.shape[2]:
-        raise ValueError(f"expected a rollout of shape (B, T, T), got {tuple(rollout.shape)}")
+        raise ValueError(
+            f"expected a rollout of shape (B, T, T), got {tuple(rollout.shape)}"
+        )
     _check_grid(rollout.shape[-1], (gh, gw))
     row = rollout[:, 0, 1:]  # (B, N): how much of the class token comes from each patch
     return (row / row.sum(dim=-1, keepdim=True)).reshape(-1, gh, gw)
 
 
-def patch_coverage(masks: torch.Tensor, patch_size: int | Sequence[int]) -> torch.Tensor:
+def patch_coverage(
+    masks: torch.Tensor, patch_size: int | Sequence[int]
+) -> torch.Tensor:
     """The fraction of each patch that a binary mask (B, H, W) covers: (B, H/P, W/P), values in [0, 1]."""
     ph, pw = to_pair(patch_size, "patch_size")
     if masks.ndim != 3 or masks.shape[1] % ph or masks.shape[2] % pw:
-        raise ValueError(f"expected masks (B, H, W) with H, W multiples of the patch size, got {tuple(masks.shape)}")
+        raise ValueError(
+            f"expected masks (B, H, W) with H, W multiples of the patch size, got {tuple(masks.shape)}"
+        )
     b, h, w = masks.shape
     return masks.float().reshape(b, h // ph, ph, w // pw, pw).mean(dim=(2, 4))
 
 
 # notebooks/11_inspecting_vit.ipynb, cell 17
-def plot_rollout(images: np.ndarray, heatmaps: torch.Tensor, *, titles: Sequence[str] | None = None) -> Figure:
+def plot_rollout(
+    images: np.ndarray, heatmaps: torch.Tensor, *, titles: Sequence[str] | None = None
+) -> Figure:
     """Images (B, H, W, 3) in [0, 1] over their class-token rollout maps (B, gh, gw), upsampled to (H, W)."""
     count, (height, width) = len(images), images.shape[1:3]
-    up = F.interpolate(heatmaps[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+    up = F.interpolate(
+        heatmaps[:, None].float(),
+        size=(height, width),
+        mode="bilinear",
+        align_corners=False,
+    )[:, 0]
     fig, axes = plt.subplots(2, count, figsize=(1.8 * count, 3.8), squeeze=False)
     for i in range(count):
         axes[0, i].imshow(images[i])
@@ -135,27 +168,40 @@ def embedding_filter_components(model: nn.Module, k: int = 28) -> torch.Tensor:
     """
     proj = model.patch_embedding.proj
     if not isinstance(proj, nn.Conv2d):
-        raise ValueError(f"expected a linear patch embedding (an nn.Conv2d), got {type(proj).__name__}: a conv stem")
+        raise ValueError(
+            f"expected a linear patch embedding (an nn.Conv2d), got {type(proj).__name__}: a conv stem"
+        )
     weight = proj.weight.detach().cpu().double().numpy()  # (D, C, P, P)
     filters = weight.reshape(weight.shape[0], -1)  # (D, C*P*P)
     if not isinstance(k, int) or not 1 <= k <= min(filters.shape):
-        raise ValueError(f"k must be an int in [1, min(D, C*P*P) = {min(filters.shape)}], got {k!r}")
+        raise ValueError(
+            f"k must be an int in [1, min(D, C*P*P) = {min(filters.shape)}], got {k!r}"
+        )
     _, _, vh = np.linalg.svd(filters - filters.mean(axis=0), full_matrices=False)
     components = vh[:k]  # (k, C*P*P), rows of length 1
     largest = components[np.arange(k), np.abs(components).argmax(axis=1)]
-    return torch.from_numpy(components * np.sign(largest)[:, None]).float().reshape(k, *weight.shape[1:])
+    return (
+        torch.from_numpy(components * np.sign(largest)[:, None])
+        .float()
+        .reshape(k, *weight.shape[1:])
+    )
 
 
 def plot_filter_components(components: torch.Tensor, *, columns: int = 7) -> Figure:
     """Show components (k, C, P, P) as images, each scaled to [0, 1] (Figure 7, left)."""
     k = components.shape[0]
     rows = -(-k // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 0.9), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(columns * 0.9, rows * 0.9), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < k:
             c = components[i].permute(1, 2, 0).numpy()  # (P, P, C)
-            ax.imshow((c - c.min()) / max(c.max() - c.min(), 1e-12), cmap="gray" if c.shape[2] == 1 else None)
+            ax.imshow(
+                (c - c.min()) / max(c.max() - c.min(), 1e-12),
+                cmap="gray" if c.shape[2] == 1 else None,
+            )
     fig.suptitle("Principal components of the patch-embedding filters E")
     return fig
 
@@ -169,7 +215,9 @@ def position_embedding_similarity(model: nn.Module) -> torch.Tensor:
     gh, gw = to_pair(tuple(model.grid_size), "model.grid_size")
     position = model.position_embedding.detach()
     if position.ndim != 3 or position.shape[:2] != (1, 1 + gh * gw):
-        raise ValueError(f"expected position embeddings (1, {1 + gh * gw}, D), got {tuple(position.shape)}")
+        raise ValueError(
+            f"expected position embeddings (1, {1 + gh * gw}, D), got {tuple(position.shape)}"
+        )
     vectors = position[0, 1:].double()  # (N, D)
     unit = vectors / vectors.norm(dim=-1, keepdim=True)
     return (unit @ unit.T).float().reshape(gh, gw, gh, gw)
@@ -178,10 +226,14 @@ def position_embedding_similarity(model: nn.Module) -> torch.Tensor:
 def plot_position_similarity(similarity: torch.Tensor) -> Figure:
     """One tile per patch (gh x gw tiles): its E_pos's cosine similarity with every patch (Figure 7, centre)."""
     gh, gw = similarity.shape[:2]
-    mosaic = np.full((gh * (gh + 1) - 1, gw * (gw + 1) - 1), np.nan)  # tiles with a one-cell gap
+    mosaic = np.full(
+        (gh * (gh + 1) - 1, gw * (gw + 1) - 1), np.nan
+    )  # tiles with a one-cell gap
     for i in range(gh):
         for j in range(gw):
-            mosaic[i * (gh + 1) : i * (gh + 1) + gh, j * (gw + 1) : j * (gw + 1) + gw] = similarity[i, j].numpy()
+            mosaic[
+                i * (gh + 1) : i * (gh + 1) + gh, j * (gw + 1) : j * (gw + 1) + gw
+            ] = similarity[i, j].numpy()
     fig, ax = plt.subplots(figsize=(5, 4.3))
     image = ax.imshow(mosaic, cmap="viridis", vmin=-1, vmax=1)
     ax.set(xticks=[], yticks=[], xlabel="input patch column", ylabel="input patch row")
@@ -194,22 +246,35 @@ def plot_position_similarity(similarity: torch.Tensor) -> Figure:
 def neighbour_similarity(similarity: torch.Tensor) -> tuple[float, float]:
     """Mean similarity of 4-neighbour patch pairs, and of all pairs of distinct patches."""
     gh, gw = similarity.shape[:2]
-    pairs = [((i, j), (i + di, j + dj)) for i, j in product(range(gh), range(gw)) for di, dj in ((0, 1), (1, 0))]
+    pairs = [
+        ((i, j), (i + di, j + dj))
+        for i, j in product(range(gh), range(gw))
+        for di, dj in ((0, 1), (1, 0))
+    ]
     near = [similarity[a][b].item() for a, b in pairs if b[0] < gh and b[1] < gw]
     flat = similarity.reshape(gh * gw, gh * gw)
-    return float(np.mean(near)), ((flat.sum() - flat.trace()) / (flat.numel() - gh * gw)).item()
+    return float(np.mean(near)), (
+        (flat.sum() - flat.trace()) / (flat.numel() - gh * gw)
+    ).item()
 
 
 # notebooks/11_inspecting_vit.ipynb, cell 31
-def patch_centres(grid_size: int | Sequence[int], patch_size: int | Sequence[int]) -> torch.Tensor:
+def patch_centres(
+    grid_size: int | Sequence[int], patch_size: int | Sequence[int]
+) -> torch.Tensor:
     """Pixel coordinates (y, x) of the N patch centres in raster order: (N, 2)."""
-    (gh, gw), (ph, pw) = to_pair(grid_size, "grid_size"), to_pair(patch_size, "patch_size")
+    (gh, gw), (ph, pw) = (
+        to_pair(grid_size, "grid_size"),
+        to_pair(patch_size, "patch_size"),
+    )
     rows, cols = torch.arange(gh).repeat_interleave(gw), torch.arange(gw).repeat(gh)
     return torch.stack([(rows + 0.5) * ph, (cols + 0.5) * pw], dim=1).double()
 
 
 def mean_attention_distance(
-    maps: Sequence[torch.Tensor], grid_size: int | Sequence[int], patch_size: int | Sequence[int]
+    maps: Sequence[torch.Tensor],
+    grid_size: int | Sequence[int],
+    patch_size: int | Sequence[int],
 ) -> torch.Tensor:
     """Mean attention distance in pixels (Appendix D.7): L maps (B, h, T, T) -> (L, h).
 
@@ -223,11 +288,17 @@ def mean_attention_distance(
     distance = (centres[:, None] - centres[None]).norm(dim=-1)  # (N, N) in pixels
     result = []
     for weights in maps:
-        a = weights.detach().double()[:, :, 1:, 1:]  # (B, h, N, N): patch queries to patch keys
+        a = weights.detach().double()[
+            :, :, 1:, 1:
+        ]  # (B, h, N, N): patch queries to patch keys
         total = a.sum(dim=-1, keepdim=True)
         if not bool((total > 0).all()):
-            raise ValueError("a query gives zero attention to every patch key: its mean distance is undefined")
-        result.append(((a / total) * distance.to(a.device)).sum(dim=-1).mean(dim=(0, 2)))  # (h,)
+            raise ValueError(
+                "a query gives zero attention to every patch key: its mean distance is undefined"
+            )
+        result.append(
+            ((a / total) * distance.to(a.device)).sum(dim=-1).mean(dim=(0, 2))
+        )  # (h,)
     return torch.stack(result).float()
 
 
@@ -236,8 +307,17 @@ def plot_attention_distance(distances: torch.Tensor) -> Figure:
     depth, heads = distances.shape
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     for head in range(heads):
-        ax.scatter(np.arange(1, depth + 1), distances[:, head].numpy(), s=14, label=f"head {head + 1}")
-    ax.set(xlabel="network depth (layer)", ylabel="mean attention distance (pixels)", xticks=range(1, depth + 1))
+        ax.scatter(
+            np.arange(1, depth + 1),
+            distances[:, head].numpy(),
+            s=14,
+            label=f"head {head + 1}",
+        )
+    ax.set(
+        xlabel="network depth (layer)",
+        ylabel="mean attention distance (pixels)",
+        xticks=range(1, depth + 1),
+    )
     if heads <= 16:
         ax.legend(fontsize=6, ncol=2)
     return fig
@@ -245,18 +325,35 @@ def plot_attention_distance(distances: torch.Tensor) -> Figure:
 
 # notebooks/11_inspecting_vit.ipynb, cell 35
 TEXTURES_32 = dict(img_size=32, num_train=2000, num_test=500, seed=0)
-TINY = vit_config("Micro/4", img_size=32, num_classes=4, num_heads=4)  # D = 64, L = 4, h = 4
-RECIPE = dict(lr=5e-4, weight_decay=0.05)  # AdamW, warm-up then cosine decay, clipping at 1
-ROLLOUT_GRID = tuple({"epochs": epochs, "seed": seed} for epochs in (3, 12) for seed in range(5))
+TINY = vit_config(
+    "Micro/4", img_size=32, num_classes=4, num_heads=4
+)  # D = 64, L = 4, h = 4
+RECIPE = dict(
+    lr=5e-4, weight_decay=0.05
+)  # AdamW, warm-up then cosine decay, clipping at 1
+ROLLOUT_GRID = tuple(
+    {"epochs": epochs, "seed": seed} for epochs in (3, 12) for seed in range(5)
+)
 
 
-def train_textures_vit(config: dict, data: DataSplits, *, device: torch.device) -> tuple[ViT, float]:
+def train_textures_vit(
+    config: dict, data: DataSplits, *, device: torch.device
+) -> tuple[ViT, float]:
     """Train ``ViT(TINY)`` for ``config["epochs"]`` with ``RECIPE``, seeded by ``config["seed"]``:
     (the model in eval mode on the CPU, its final test accuracy)."""
     set_seed(config["seed"])
-    loaders = create_dataloaders(data, batch_size=64, seed=config["seed"], device=device)
+    loaders = create_dataloaders(
+        data, batch_size=64, seed=config["seed"], device=device
+    )
     model = init_truncated_normal(ViT(TINY))
-    history = train(model, *loaders, device=device, progress=False, epochs=config["epochs"], **RECIPE)
+    history = train(
+        model,
+        *loaders,
+        device=device,
+        progress=False,
+        epochs=config["epochs"],
+        **RECIPE,
+    )
     return model.eval().cpu(), history["test_accuracy"][-1]
 
 
@@ -269,11 +366,19 @@ def inspect_textures_vit(model: ViT, data: DataSplits) -> dict:
     chance = coverage.mean(dim=(1, 2))  # (B,): the object's share of the image
     with torch.inference_mode():
         maps = model.forward_attention(images)
-    on_object = (class_token_map(attention_rollout(maps), model.grid_size) * coverage).sum(dim=(1, 2))  # (B,)
-    direct = maps[0][:, :, 0, 1:].mean(dim=1)  # layer 1 alone: the class token's attention to the patches
-    first_layer = (direct / direct.sum(-1, keepdim=True)).reshape(coverage.shape) * coverage
+    on_object = (
+        class_token_map(attention_rollout(maps), model.grid_size) * coverage
+    ).sum(dim=(1, 2))  # (B,)
+    direct = maps[0][:, :, 0, 1:].mean(
+        dim=1
+    )  # layer 1 alone: the class token's attention to the patches
+    first_layer = (direct / direct.sum(-1, keepdim=True)).reshape(
+        coverage.shape
+    ) * coverage
     near, overall = neighbour_similarity(position_embedding_similarity(model))
-    distance = mean_attention_distance([m[:128] for m in maps], model.grid_size, model.patch_size)
+    distance = mean_attention_distance(
+        [m[:128] for m in maps], model.grid_size, model.patch_size
+    )
     return {
         "rollout_on_object": on_object.mean().item(),
         "rollout_above_chance": (on_object > chance).float().mean().item(),
@@ -284,11 +389,20 @@ def inspect_textures_vit(model: ViT, data: DataSplits) -> dict:
     }
 
 
-def rollout_run(config: dict, *, device: torch.device, output: Path | None = None) -> dict:
+def rollout_run(
+    config: dict, *, device: torch.device, output: Path | None = None
+) -> dict:
     """One run of the rollout grid: train on the 32-px textures, then inspect the model. With ``output``,
     a fully trained model (12 epochs) is also saved there as a checkpoint, for the chapter's figures."""
     data = load_textures_data(**TEXTURES_32)
     model, accuracy = train_textures_vit(config, data, device=device)
     if output is not None and config["epochs"] == 12:
-        save_model(model, output, {"class_names": list(data.class_names), "preprocessing": data.preprocessing})
+        save_model(
+            model,
+            output,
+            {
+                "class_names": list(data.class_names),
+                "preprocessing": data.preprocessing,
+            },
+        )
     return {"test_accuracy": accuracy, **inspect_textures_vit(model, data)}

@@ -31,15 +31,24 @@ class MultiHeadSelfAttention(nn.Module):
             )
         self.num_heads, self.head_dim = num_heads, embed_dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias)  # U_qkv of all heads: q, k, v in that order
+        self.qkv = nn.Linear(
+            embed_dim, 3 * embed_dim, bias=qkv_bias
+        )  # U_qkv of all heads: q, k, v in that order
         self.attn_drop = attn_drop
         self.proj = nn.Linear(embed_dim, embed_dim)  # U_msa
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def split_heads(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, T, D) -> q, k, v of every head, each (B, h, T, D_h)."""
         b, t, _ = x.shape
-        return self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return (
+            self.qkv(x)
+            .reshape(b, t, 3, self.num_heads, self.head_dim)
+            .permute(2, 0, 3, 1, 4)
+            .unbind(0)
+        )
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """A = softmax(q k^T / sqrt(D_h)) of every head, without dropout: (B, T, D) -> (B, h, T, T)."""
@@ -49,6 +58,8 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.split_heads(x)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_drop if self.training else 0.0
+        )
         out = out.transpose(1, 2).reshape(b, t, d)  # concatenate the heads
         return self.proj_drop(self.proj(out))

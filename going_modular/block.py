@@ -17,7 +17,12 @@ class MLP(nn.Module):
     """Equation 3's MLP: Linear(D, M), GELU, dropout, Linear(M, D), dropout. (B, T, D) -> (B, T, D)."""
 
     def __init__(
-        self, embed_dim: int = 768, hidden_dim: int = 3072, *, drop: float = 0.0, gelu_approximate: str = "none"
+        self,
+        embed_dim: int = 768,
+        hidden_dim: int = 3072,
+        *,
+        drop: float = 0.0,
+        gelu_approximate: str = "none",
     ) -> None:
         super().__init__()
         self.fc1 = nn.Linear(embed_dim, hidden_dim)
@@ -67,10 +72,17 @@ class EncoderBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
-        self.msa = MultiHeadSelfAttention(embed_dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.msa = MultiHeadSelfAttention(
+            embed_dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop
+        )
         self.drop_path1 = DropPath(p=drop_path)
         self.ln_2 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
-        self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio), drop=drop, gelu_approximate=gelu_approximate)
+        self.mlp = MLP(
+            embed_dim,
+            int(embed_dim * mlp_ratio),
+            drop=drop,
+            gelu_approximate=gelu_approximate,
+        )
         self.drop_path2 = DropPath(p=drop_path)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

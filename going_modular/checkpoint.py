@@ -76,28 +76,41 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         header = json.loads(data[8 : 8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not a safetensors file: its header is not JSON ({err})") from err
+        raise CheckpointError(
+            f"{path} is not a safetensors file: its header is not JSON ({err})"
+        ) from err
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path} is not a safetensors file: its header is not a JSON object")
+        raise CheckpointError(
+            f"{path} is not a safetensors file: its header is not a JSON object"
+        )
     buffer = memoryview(data)[8 + n :]
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
-            dtype, shape, (begin, end) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
+            dtype, shape, (begin, end) = (
+                info["dtype"],
+                [int(s) for s in info["shape"]],
+                info["data_offsets"],
+            )
             np_dtype = np.dtype(_SAFETENSORS_DTYPES[dtype])
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(
                 f"{path}: tensor {name!r} has a malformed or unsupported header entry {info!r}"
             ) from err
-        if not 0 <= begin <= end <= len(buffer) or end - begin != math.prod(shape) * np_dtype.itemsize:
+        if (
+            not 0 <= begin <= end <= len(buffer)
+            or end - begin != math.prod(shape) * np_dtype.itemsize
+        ):
             raise CheckpointError(
                 f"{path}: tensor {name!r} ({dtype}, shape {shape}) claims bytes [{begin}, {end}) "
                 f"of a {len(buffer)}-byte data section"
             )
         array = np.frombuffer(buffer[begin:end], dtype=np_dtype).reshape(shape)
-        tensors[name] = (array.astype("<u4") << 16).view("<f4") if dtype == "BF16" else array
+        tensors[name] = (
+            (array.astype("<u4") << 16).view("<f4") if dtype == "BF16" else array
+        )
     return tensors
 
 
@@ -109,7 +122,9 @@ def checkpoint_folder(path: str | os.PathLike) -> Path:
         path = path.parent
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (path / name).is_file():
-            raise FileNotFoundError(f"{path} is not a checkpoint folder: it has no {name}")
+            raise FileNotFoundError(
+                f"{path} is not a checkpoint folder: it has no {name}"
+            )
     return path
 
 
@@ -123,13 +138,19 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
         raise CheckpointError(f"{file} is not valid JSON: {err}") from err
     if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
         found = document.get("format") if isinstance(document, dict) else None
-        raise CheckpointError(f"{file} is not a {CHECKPOINT_FORMAT!r} checkpoint: its format is {found!r}")
+        raise CheckpointError(
+            f"{file} is not a {CHECKPOINT_FORMAT!r} checkpoint: its format is {found!r}"
+        )
     if document.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{file} has version {document.get('version')!r}; this reader knows version {CHECKPOINT_VERSION}"
         )
     model = document.get("model")
-    missing = [key for key in REQUIRED_MODEL_KEYS if key not in model] if isinstance(model, dict) else None
+    missing = (
+        [key for key in REQUIRED_MODEL_KEYS if key not in model]
+        if isinstance(model, dict)
+        else None
+    )
     if missing is None or missing:
         raise CheckpointError(
             f"{file}: 'model' must be an object with the keys {REQUIRED_MODEL_KEYS}; missing {missing}"
@@ -152,9 +173,15 @@ def save_model(model, path: str | os.PathLike, metadata: dict) -> Path:
         raise TypeError(f"expected a going_modular ViT, got {type(model).__name__}")
     missing = [key for key in ("class_names", "preprocessing") if key not in metadata]
     if missing:
-        raise ValueError(f"metadata must include 'class_names' and 'preprocessing'; missing {missing}")
+        raise ValueError(
+            f"metadata must include 'class_names' and 'preprocessing'; missing {missing}"
+        )
     names, classes = metadata["class_names"], model.config.num_classes
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) != classes:
+    if (
+        not isinstance(names, list)
+        or not all(isinstance(n, str) for n in names)
+        or len(names) != classes
+    ):
         raise ValueError(f"class_names must be a list of {classes} str, got {names!r}")
     document = {
         "format": CHECKPOINT_FORMAT,
@@ -164,7 +191,11 @@ def save_model(model, path: str | os.PathLike, metadata: dict) -> Path:
     }
     text = json.dumps(document, indent=2)  # raises TypeError before anything is written
     tensors = {
-        name: (t.detach().to("cpu", torch.float32) if t.is_floating_point() else t.detach().cpu()).contiguous()
+        name: (
+            t.detach().to("cpu", torch.float32)
+            if t.is_floating_point()
+            else t.detach().cpu()
+        ).contiguous()
         for name, t in model.state_dict().items()
     }
     with atomic_write(path, folder=True) as tmp:
@@ -180,23 +211,33 @@ def load_weights(model, path: str | os.PathLike) -> dict:
     model = getattr(model, "_orig_mod", model)
     document, arrays = read_checkpoint(path)
     current = model.config.to_dict()
-    saved = {key: value for key, value in NEWER_HYPERPARAMETERS.items() if key in current} | document["model"]
+    saved = {
+        key: value for key, value in NEWER_HYPERPARAMETERS.items() if key in current
+    } | document["model"]
     problems = [
         f"hyperparameter {key}: checkpoint {saved.get(key)!r}, model {current.get(key)!r}"
         for key in sorted(saved.keys() | current.keys())
         if saved.get(key) != current.get(key)
     ]
     expected = model.state_dict()
-    problems += [f"missing tensor {name}" for name in sorted(expected.keys() - arrays.keys())]
-    problems += [f"unexpected tensor {name}" for name in sorted(arrays.keys() - expected.keys())]
+    problems += [
+        f"missing tensor {name}" for name in sorted(expected.keys() - arrays.keys())
+    ]
+    problems += [
+        f"unexpected tensor {name}" for name in sorted(arrays.keys() - expected.keys())
+    ]
     problems += [
         f"tensor {name}: checkpoint shape {arrays[name].shape}, model {tuple(t.shape)}"
         for name, t in expected.items()
         if name in arrays and arrays[name].shape != tuple(t.shape)
     ]
     if problems:
-        raise CheckpointMismatchError(f"checkpoint {path} does not fit this model:\n  " + "\n  ".join(problems))
-    model.load_state_dict({name: torch.from_numpy(array.copy()) for name, array in arrays.items()})
+        raise CheckpointMismatchError(
+            f"checkpoint {path} does not fit this model:\n  " + "\n  ".join(problems)
+        )
+    model.load_state_dict(
+        {name: torch.from_numpy(array.copy()) for name, array in arrays.items()}
+    )
     return document["metadata"]
 
 
@@ -207,8 +248,13 @@ def checkpoint_config(path: str | os.PathLike):
     document, _ = read_checkpoint(path)
     try:
         return ViTConfig(**document["model"])
-    except (TypeError, ValueError) as err:  # an unknown field, or an impossible combination
-        raise CheckpointError(f"{checkpoint_folder(path) / CONFIG_FILE}: 'model' is no valid ViTConfig: {err}") from err
+    except (
+        TypeError,
+        ValueError,
+    ) as err:  # an unknown field, or an impossible combination
+        raise CheckpointError(
+            f"{checkpoint_folder(path) / CONFIG_FILE}: 'model' is no valid ViTConfig: {err}"
+        ) from err
 
 
 def load_model(path: str | os.PathLike, *, device="cpu") -> tuple:

@@ -81,11 +81,15 @@ def make_preprocessing(
     if not max_value > 0:
         raise ValueError(f"max_value must be positive, got {max_value!r}")
     if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mean and std need {channels} values each, got {len(mean)} and {len(std)}")
+        raise ValueError(
+            f"mean and std need {channels} values each, got {len(mean)} and {len(std)}"
+        )
     if not all(s > 0 for s in std):
         raise ValueError(f"std must be positive, got {list(std)}")
     if interpolation not in ("bilinear", "bicubic"):
-        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+        raise ValueError(
+            f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}"
+        )
     return {
         "img_size": size,
         "channels": channels,
@@ -101,10 +105,20 @@ class Preprocess:
     """The transform a preprocessing spec describes: raw image -> float32 tensor (c, h, w)."""
 
     def __init__(self, preprocessing: dict) -> None:
-        keys = ("img_size", "channels", "max_value", "mean", "std", "interpolation", "antialias")
+        keys = (
+            "img_size",
+            "channels",
+            "max_value",
+            "mean",
+            "std",
+            "interpolation",
+            "antialias",
+        )
         missing = [key for key in keys if key not in preprocessing]
         if missing:
-            raise ValueError(f"preprocessing spec lacks {missing}; expected the keys {list(keys)}")
+            raise ValueError(
+                f"preprocessing spec lacks {missing}; expected the keys {list(keys)}"
+            )
         self.spec = make_preprocessing(**{key: preprocessing[key] for key in keys})
         self._mean = torch.tensor(self.spec["mean"]).view(-1, 1, 1)
         self._std = torch.tensor(self.spec["std"]).view(-1, 1, 1)
@@ -115,14 +129,18 @@ class Preprocess:
         if isinstance(image, Image.Image):
             image = np.asarray(image.convert("L" if channels == 1 else "RGB"))
         elif not isinstance(image, np.ndarray):
-            raise TypeError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+            raise TypeError(
+                f"expected a PIL image or a numpy array, got {type(image).__name__}"
+            )
         array = np.asarray(image, dtype=np.float32)
         if array.ndim == 2:
             array = np.repeat(array[None], channels, axis=0)
         elif array.ndim == 3 and array.shape[2] == channels:
             array = array.transpose(2, 0, 1)
         else:
-            raise ValueError(f"expected an (H, W) or (H, W, {channels}) array, got shape {array.shape}")
+            raise ValueError(
+                f"expected an (H, W) or (H, W, {channels}) array, got shape {array.shape}"
+            )
         return np.ascontiguousarray(array)
 
     def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
@@ -152,7 +170,9 @@ def build_transform(
     return v2.Compose(
         [
             preprocess,
-            v2.RandomCrop((h, w), padding=max(1, min(h, w) // 8), padding_mode="reflect"),
+            v2.RandomCrop(
+                (h, w), padding=max(1, min(h, w) // 8), padding_mode="reflect"
+            ),
             v2.RandomHorizontalFlip(),
         ]
     )
@@ -176,7 +196,9 @@ class DataSplits:
 DIGITS_MAX_VALUE = 16.0
 
 
-def load_digits_data(*, img_size: int | Sequence[int] = 8, test_size: float = 0.2, seed: int = 0) -> DataSplits:
+def load_digits_data(
+    *, img_size: int | Sequence[int] = 8, test_size: float = 0.2, seed: int = 0
+) -> DataSplits:
     """scikit-learn's 1,797 handwritten digits as in-memory tensors, split stratified and seeded."""
     if not 0 < test_size < 1:
         raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
@@ -184,12 +206,19 @@ def load_digits_data(*, img_size: int | Sequence[int] = 8, test_size: float = 0.
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    preprocessing = make_preprocessing(img_size, channels=1, max_value=DIGITS_MAX_VALUE, mean=[0.5], std=[0.5])
+    preprocessing = make_preprocessing(
+        img_size, channels=1, max_value=DIGITS_MAX_VALUE, mean=[0.5], std=[0.5]
+    )
     transform = Preprocess(preprocessing)
-    images = torch.stack([transform(image) for image in digits.images])  # (1797, 1, h, w)
+    images = torch.stack(
+        [transform(image) for image in digits.images]
+    )  # (1797, 1, h, w)
     labels = torch.as_tensor(digits.target, dtype=torch.long)
     train_idx, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=test_size, stratify=digits.target, random_state=seed
+        np.arange(len(labels)),
+        test_size=test_size,
+        stratify=digits.target,
+        random_state=seed,
     )
     return DataSplits(
         train=TensorDataset(images[train_idx], labels[train_idx]),
@@ -200,26 +229,41 @@ def load_digits_data(*, img_size: int | Sequence[int] = 8, test_size: float = 0.
 
 
 # notebooks/A2_data.ipynb, cell 15
-TEXTURE_NAMES = ("horizontal stripes", "vertical stripes", "diagonal stripes", "checkerboard")
+TEXTURE_NAMES = (
+    "horizontal stripes",
+    "vertical stripes",
+    "diagonal stripes",
+    "checkerboard",
+)
 TEXTURE_PERIOD = 4  # pixels: two of one colour, two of the other
 
 
-def _clutter(rng: np.random.Generator, n: int, size: int, lines: int = 6, dots: int = 6) -> np.ndarray:
+def _clutter(
+    rng: np.random.Generator, n: int, size: int, lines: int = 6, dots: int = 6
+) -> np.ndarray:
     """Backgrounds (n, size, size, 3) in [0, 1]: a random colour under thin segments and small dots of random colours."""
     centre = np.arange(size, dtype=np.float32) + 0.5  # pixel centres
     y, x = centre[:, None], centre[None, :]
     start = rng.uniform(0, size, (n, lines, 2, 1, 1)).astype(np.float32)
     step = rng.uniform(-size / 2, size / 2, (n, lines, 2, 1, 1)).astype(np.float32)
     dy, dx = y - start[:, :, 0], x - start[:, :, 1]  # (n, lines, size, size)
-    t = np.clip((dy * step[:, :, 0] + dx * step[:, :, 1]) / ((step**2).sum(axis=2) + 1e-6), 0, 1)
+    t = np.clip(
+        (dy * step[:, :, 0] + dx * step[:, :, 1]) / ((step**2).sum(axis=2) + 1e-6), 0, 1
+    )
     on_line = (dy - t * step[:, :, 0]) ** 2 + (dx - t * step[:, :, 1]) ** 2 <= 0.6**2
     spot = rng.uniform(0, size, (n, dots, 2, 1, 1)).astype(np.float32)
     radius = rng.uniform(0.8, 2.0, (n, dots, 1, 1)).astype(np.float32)
     on_dot = (y - spot[:, :, 0]) ** 2 + (x - spot[:, :, 1]) ** 2 <= radius**2
-    layers = np.concatenate([np.ones((n, 1, size, size), bool), on_line, on_dot], axis=1)  # 0: the background
-    top = layers.shape[1] - 1 - np.argmax(layers[:, ::-1], axis=1)  # (n, size, size): the last layer drawn
+    layers = np.concatenate(
+        [np.ones((n, 1, size, size), bool), on_line, on_dot], axis=1
+    )  # 0: the background
+    top = (
+        layers.shape[1] - 1 - np.argmax(layers[:, ::-1], axis=1)
+    )  # (n, size, size): the last layer drawn
     palette = rng.uniform(0, 1, (n, layers.shape[1], 3)).astype(np.float32)
-    return np.take_along_axis(palette, top.reshape(n, -1, 1), axis=1).reshape(n, size, size, 3)
+    return np.take_along_axis(palette, top.reshape(n, -1, 1), axis=1).reshape(
+        n, size, size, 3
+    )
 
 
 def draw_textured_objects(
@@ -233,24 +277,52 @@ def draw_textured_objects(
     n, size = num_images, img_size
     labels = rng.permutation(np.arange(n) % len(TEXTURE_NAMES))
     images = _clutter(rng, n, size)
-    half = rng.uniform(0.2, 0.35, (n, 1, 1)) * size  # half the side of the square, the radius of the disc
+    half = (
+        rng.uniform(0.2, 0.35, (n, 1, 1)) * size
+    )  # half the side of the square, the radius of the disc
     cy, cx = rng.uniform(half, size - half), rng.uniform(half, size - half)
     y, x = (np.arange(size) + 0.5)[:, None], (np.arange(size) + 0.5)[None, :]
     ry, rx = np.abs(y - cy) / half, np.abs(x - cx) / half
-    masks = np.where(rng.uniform(size=(n, 1, 1)) < 0.5, ry**2 + rx**2 <= 1, np.maximum(ry, rx) <= 0.85)
+    masks = np.where(
+        rng.uniform(size=(n, 1, 1)) < 0.5,
+        ry**2 + rx**2 <= 1,
+        np.maximum(ry, rx) <= 0.85,
+    )
     phase = rng.integers(0, TEXTURE_PERIOD, (n, 2, 1, 1))
-    row, col = np.arange(size)[:, None] + phase[:, 0], np.arange(size)[None, :] + phase[:, 1]
-    bands = [band // (TEXTURE_PERIOD // 2) % 2 for band in np.broadcast_arrays(row, col, row + col)]
-    textures = np.stack([*bands, bands[0] ^ bands[1]])  # (4, n, H, W) in TEXTURE_NAMES order
-    first = np.take_along_axis(textures, labels[None, :, None, None], axis=0)[0].astype(bool)
+    row, col = (
+        np.arange(size)[:, None] + phase[:, 0],
+        np.arange(size)[None, :] + phase[:, 1],
+    )
+    bands = [
+        band // (TEXTURE_PERIOD // 2) % 2
+        for band in np.broadcast_arrays(row, col, row + col)
+    ]
+    textures = np.stack(
+        [*bands, bands[0] ^ bands[1]]
+    )  # (4, n, H, W) in TEXTURE_NAMES order
+    first = np.take_along_axis(textures, labels[None, :, None, None], axis=0)[0].astype(
+        bool
+    )
     colour_a = rng.uniform(0, 1, (n, 3))
-    colour_b = (colour_a + 0.5 + rng.uniform(-0.2, 0.2, (n, 3))) % 1.0  # far from colour_a in every channel
-    texture = np.where(first[..., None], colour_a[:, None, None], colour_b[:, None, None])
-    images = np.where(masks[..., None], texture, images) + rng.normal(0, 0.04, (n, size, size, 3))
-    return np.round(np.clip(images, 0, 1) * 255).astype(np.uint8), labels.astype(np.int64), masks
+    colour_b = (
+        colour_a + 0.5 + rng.uniform(-0.2, 0.2, (n, 3))
+    ) % 1.0  # far from colour_a in every channel
+    texture = np.where(
+        first[..., None], colour_a[:, None, None], colour_b[:, None, None]
+    )
+    images = np.where(masks[..., None], texture, images) + rng.normal(
+        0, 0.04, (n, size, size, 3)
+    )
+    return (
+        np.round(np.clip(images, 0, 1) * 255).astype(np.uint8),
+        labels.astype(np.int64),
+        masks,
+    )
 
 
-def load_textures_data(*, img_size: int = 32, num_train: int = 2000, num_test: int = 500, seed: int = 0) -> DataSplits:
+def load_textures_data(
+    *, img_size: int = 32, num_train: int = 2000, num_test: int = 500, seed: int = 0
+) -> DataSplits:
     """Textured objects on clutter, generated offline from ``seed``; ``masks`` holds each split's object masks.
 
     Train and test are drawn from independent streams of the seed, so the test set does not depend on num_train.
@@ -258,18 +330,35 @@ def load_textures_data(*, img_size: int = 32, num_train: int = 2000, num_test: i
     if not isinstance(img_size, int) or isinstance(img_size, bool) or img_size < 16:
         raise ValueError(f"img_size must be an int >= 16, got {img_size!r}")
     for name, count in (("num_train", num_train), ("num_test", num_test)):
-        if not isinstance(count, int) or isinstance(count, bool) or count < len(TEXTURE_NAMES):
-            raise ValueError(f"{name} must be an int >= {len(TEXTURE_NAMES)} (one image per class), got {count!r}")
+        if (
+            not isinstance(count, int)
+            or isinstance(count, bool)
+            or count < len(TEXTURE_NAMES)
+        ):
+            raise ValueError(
+                f"{name} must be an int >= {len(TEXTURE_NAMES)} (one image per class), got {count!r}"
+            )
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    preprocessing = make_preprocessing(img_size, channels=3, max_value=255.0, mean=[0.5] * 3, std=[0.5] * 3)
+    preprocessing = make_preprocessing(
+        img_size, channels=3, max_value=255.0, mean=[0.5] * 3, std=[0.5] * 3
+    )
     splits, masks = {}, {}
-    for split, (count, stream) in {"train": (num_train, 0), "test": (num_test, 1)}.items():
-        raw, labels, mask = draw_textured_objects(count, img_size=img_size, rng=np.random.default_rng([seed, stream]))
-        images = (torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5  # the spec, vectorised
+    for split, (count, stream) in {
+        "train": (num_train, 0),
+        "test": (num_test, 1),
+    }.items():
+        raw, labels, mask = draw_textured_objects(
+            count, img_size=img_size, rng=np.random.default_rng([seed, stream])
+        )
+        images = (
+            torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255.0 - 0.5
+        ) / 0.5  # the spec, vectorised
         splits[split] = TensorDataset(images, torch.from_numpy(labels))
         masks[split] = torch.from_numpy(mask)
-    return DataSplits(splits["train"], splits["test"], list(TEXTURE_NAMES), preprocessing, masks=masks)
+    return DataSplits(
+        splits["train"], splits["test"], list(TEXTURE_NAMES), preprocessing, masks=masks
+    )
 
 
 # notebooks/A2_data.ipynb, cell 20
@@ -317,15 +406,26 @@ def load_image_folder(
     from torchvision import datasets
 
     train = datasets.ImageFolder(
-        root / "train", transform=build_transform(preprocessing, augment=augment), loader=read_image
+        root / "train",
+        transform=build_transform(preprocessing, augment=augment),
+        loader=read_image,
     )
-    test = datasets.ImageFolder(root / "test", transform=build_transform(preprocessing), loader=read_image)
+    test = datasets.ImageFolder(
+        root / "test", transform=build_transform(preprocessing), loader=read_image
+    )
     if train.classes != test.classes:
-        raise ValueError(f"train/ and test/ must have the same class folders, got {train.classes} and {test.classes}")
+        raise ValueError(
+            f"train/ and test/ must have the same class folders, got {train.classes} and {test.classes}"
+        )
     if check_images:
         for path, _ in train.samples + test.samples:
             read_image(path)
-    return DataSplits(train=train, test=test, class_names=list(train.classes), preprocessing=preprocessing)
+    return DataSplits(
+        train=train,
+        test=test,
+        class_names=list(train.classes),
+        preprocessing=preprocessing,
+    )
 
 
 # notebooks/A2_data.ipynb, cell 22
@@ -358,16 +458,26 @@ def load_cifar10(
             try:
                 with network_timeout(timeout):
                     datasets.CIFAR10(tmp, download=True)
-            except (OSError, RuntimeError) as err:  # RuntimeError: an MD5 mismatch (the file goes with tmp)
+            except (
+                OSError,
+                RuntimeError,
+            ) as err:  # RuntimeError: an MD5 mismatch (the file goes with tmp)
                 raise DownloadError(
                     f"CIFAR-10 needs a download from {datasets.CIFAR10.url} into {folder}, which failed ({err}). "
                     "Run once with a network, or put the extracted cifar-10-batches-py folder there yourself."
                 ) from err
             os.replace(Path(tmp) / datasets.CIFAR10.base_folder, folder)
     preprocessing = make_preprocessing(img_size, 3, 255.0, CIFAR10_MEAN, CIFAR10_STD)
-    train = datasets.CIFAR10(root, train=True, transform=build_transform(preprocessing, augment=augment))
+    train = datasets.CIFAR10(
+        root, train=True, transform=build_transform(preprocessing, augment=augment)
+    )
     test = datasets.CIFAR10(root, train=False, transform=build_transform(preprocessing))
-    return DataSplits(train=train, test=test, class_names=list(train.classes), preprocessing=preprocessing)
+    return DataSplits(
+        train=train,
+        test=test,
+        class_names=list(train.classes),
+        preprocessing=preprocessing,
+    )
 
 
 # notebooks/A2_data.ipynb, cell 24
@@ -404,18 +514,35 @@ def create_dataloaders(
     incomplete batch, so a step sees the same B images on any number of processes.
     """
     if (processes is None) != (rank is None):
-        raise ValueError(f"give both processes and rank or neither, got processes={processes!r}, rank={rank!r}")
+        raise ValueError(
+            f"give both processes and rank or neither, got processes={processes!r}, rank={rank!r}"
+        )
     if processes is None:
         rank, processes = world()
-    if not isinstance(processes, int) or processes < 1 or not isinstance(rank, int) or not 0 <= rank < processes:
-        raise ValueError(f"expected 0 <= rank < processes, got rank={rank!r}, processes={processes!r}")
+    if (
+        not isinstance(processes, int)
+        or processes < 1
+        or not isinstance(rank, int)
+        or not 0 <= rank < processes
+    ):
+        raise ValueError(
+            f"expected 0 <= rank < processes, got rank={rank!r}, processes={processes!r}"
+        )
     if not isinstance(batch_size, int) or batch_size < 1 or batch_size % processes:
-        raise ValueError(f"batch_size must be a positive multiple of the {processes} processes, got {batch_size!r}")
+        raise ValueError(
+            f"batch_size must be a positive multiple of the {processes} processes, got {batch_size!r}"
+        )
     if batch_size > len(splits.train):
-        raise ValueError(f"batch_size {batch_size} exceeds the {len(splits.train)} training images: no full batch")
+        raise ValueError(
+            f"batch_size {batch_size} exceeds the {len(splits.train)} training images: no full batch"
+        )
     if num_workers is None:
-        vision = sys.modules.get("torchvision")  # a torchvision dataset is one whose module is already imported
-        decodes_files = vision is not None and isinstance(splits.train, vision.datasets.VisionDataset)
+        vision = sys.modules.get(
+            "torchvision"
+        )  # a torchvision dataset is one whose module is already imported
+        decodes_files = vision is not None and isinstance(
+            splits.train, vision.datasets.VisionDataset
+        )
         num_workers = min(4, os.cpu_count() or 1) if decodes_files else 0
     common = dict(
         batch_size=batch_size // processes,
@@ -424,10 +551,21 @@ def create_dataloaders(
         pin_memory=torch.device(device).type == "cuda",
     )
     sampler = EpochSampler(
-        splits.train, num_replicas=processes, rank=rank, shuffle=True, seed=stream_seed(seed), drop_last=True
+        splits.train,
+        num_replicas=processes,
+        rank=rank,
+        shuffle=True,
+        seed=stream_seed(seed),
+        drop_last=True,
     )
-    generator = torch.Generator().manual_seed(stream_seed(seed, rank))  # seeds the workers, anew every epoch
-    train = DataLoader(splits.train, sampler=sampler, drop_last=True, generator=generator, **common)
+    generator = torch.Generator().manual_seed(
+        stream_seed(seed, rank)
+    )  # seeds the workers, anew every epoch
+    train = DataLoader(
+        splits.train, sampler=sampler, drop_last=True, generator=generator, **common
+    )
     evaluated = range(rank, len(splits.test), processes)
-    test = DataLoader(splits.test, sampler=evaluated, persistent_workers=num_workers > 0, **common)
+    test = DataLoader(
+        splits.test, sampler=evaluated, persistent_workers=num_workers > 0, **common
+    )
     return train, test

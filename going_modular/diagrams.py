@@ -14,7 +14,15 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
-__all__ = ["COLORS", "MAX_LAYERS", "MAX_WIDTH", "UNIT", "figure1", "shape_diagram", "side"]
+__all__ = [
+    "COLORS",
+    "MAX_LAYERS",
+    "MAX_WIDTH",
+    "UNIT",
+    "figure1",
+    "shape_diagram",
+    "side",
+]
 
 
 # notebooks/A7_diagrams.ipynb, cell 5
@@ -31,19 +39,39 @@ def side(n: int) -> float:
 # notebooks/A7_diagrams.ipynb, cell 7
 def _check_stages(stages, ops) -> list[list[tuple[str, tuple[int, ...]]]]:
     """Validate ``stages`` and ``ops``; return the stages as lists of (label, shape) with tuple shapes."""
-    if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence) or len(stages) == 0:
-        raise ValueError(f"stages must be a non-empty sequence of columns, got {stages!r}")
+    if (
+        isinstance(stages, (str, bytes))
+        or not isinstance(stages, Sequence)
+        or len(stages) == 0
+    ):
+        raise ValueError(
+            f"stages must be a non-empty sequence of columns, got {stages!r}"
+        )
     columns = []
     for i, column in enumerate(stages):
-        if isinstance(column, (str, bytes)) or not isinstance(column, Sequence) or len(column) == 0:
-            raise ValueError(f"stage {i} must be a non-empty sequence of (label, shape) pairs, got {column!r}")
+        if (
+            isinstance(column, (str, bytes))
+            or not isinstance(column, Sequence)
+            or len(column) == 0
+        ):
+            raise ValueError(
+                f"stage {i} must be a non-empty sequence of (label, shape) pairs, got {column!r}"
+            )
         items = []
         for item in column:
-            if not (isinstance(item, Sequence) and len(item) == 2 and isinstance(item[0], str)):
-                raise ValueError(f"stage {i}: expected a (label, shape) pair with a str label, got {item!r}")
+            if not (
+                isinstance(item, Sequence)
+                and len(item) == 2
+                and isinstance(item[0], str)
+            ):
+                raise ValueError(
+                    f"stage {i}: expected a (label, shape) pair with a str label, got {item!r}"
+                )
             label, shape = item
             ok = isinstance(shape, tuple) and 1 <= len(shape) <= 3
-            if not ok or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+            if not ok or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape
+            ):
                 raise ValueError(
                     f"stage {i}, {label!r}: shape must be a tuple of 1 to 3 positive ints "
                     f"(e.g. tuple(t.shape)), got {shape!r}"
@@ -51,8 +79,16 @@ def _check_stages(stages, ops) -> list[list[tuple[str, tuple[int, ...]]]]:
             items.append((label, shape))
         columns.append(items)
     if ops is not None:
-        if isinstance(ops, (str, bytes)) or not isinstance(ops, Sequence) or len(ops) != len(columns) - 1:
-            got = f"{len(ops)} labels" if isinstance(ops, Sequence) and not isinstance(ops, (str, bytes)) else repr(ops)
+        if (
+            isinstance(ops, (str, bytes))
+            or not isinstance(ops, Sequence)
+            or len(ops) != len(columns) - 1
+        ):
+            got = (
+                f"{len(ops)} labels"
+                if isinstance(ops, Sequence) and not isinstance(ops, (str, bytes))
+                else repr(ops)
+            )
             raise ValueError(
                 f"ops must hold one label per arrow ({len(columns) - 1} for {len(columns)} stages), got {got}"
             )
@@ -67,7 +103,11 @@ def _extent(shape: tuple[int, ...], scale: float = 1.0) -> tuple[float, float, f
     rows, cols = (1, shape[0]) if len(shape) == 1 else shape[-2:]
     layers = min(shape[0], MAX_LAYERS) if len(shape) == 3 else 1
     offset = 0.15 if layers > 1 else 0.0
-    return scale * side(cols) + offset * (layers - 1), scale * side(rows) + offset * (layers - 1), offset
+    return (
+        scale * side(cols) + offset * (layers - 1),
+        scale * side(rows) + offset * (layers - 1),
+        offset,
+    )
 
 
 # notebooks/A7_diagrams.ipynb, cell 9
@@ -77,21 +117,54 @@ def _full_width(shape: tuple[int, ...], scale: float) -> float:
 
 
 # notebooks/A7_diagrams.ipynb, cell 10
-def _draw_shape(ax, x: float, y: float, label: str, shape: tuple[int, ...], color: str, scale: float) -> None:
+def _draw_shape(
+    ax, x: float, y: float, label: str, shape: tuple[int, ...], color: str, scale: float
+) -> None:
     """Draw one shape with its lower-left corner at (x, y): rectangles, sizes on the edges, label below."""
     rows, cols = (1, shape[0]) if len(shape) == 1 else shape[-2:]
     w, h = scale * side(cols), scale * side(rows)
     layers = min(shape[0], MAX_LAYERS) if len(shape) == 3 else 1
     offset = _extent(shape)[2]
     for j in reversed(range(layers)):  # the back layers first, shifted up and right
-        ax.add_patch(Rectangle((x + j * offset, y + j * offset), w, h, facecolor=color, edgecolor="black", lw=0.8))
+        ax.add_patch(
+            Rectangle(
+                (x + j * offset, y + j * offset),
+                w,
+                h,
+                facecolor=color,
+                edgecolor="black",
+                lw=0.8,
+            )
+        )
     small = dict(fontsize=8.5, color="#333333")
     back = (layers - 1) * offset  # shift of the rearmost layer
-    ax.text(x + back + w / 2, y + back + h + 0.08, str(cols), ha="center", va="bottom", **small)  # columns on top
+    ax.text(
+        x + back + w / 2,
+        y + back + h + 0.08,
+        str(cols),
+        ha="center",
+        va="bottom",
+        **small,
+    )  # columns on top
     if len(shape) >= 2:
-        ax.text(x - 0.08, y + h / 2, str(rows), ha="right", va="center", rotation=90, **small)  # rows on the left
+        ax.text(
+            x - 0.08,
+            y + h / 2,
+            str(rows),
+            ha="right",
+            va="center",
+            rotation=90,
+            **small,
+        )  # rows on the left
     if len(shape) == 3:
-        ax.text(x + back + w + 0.08, y + back + h, f"×{shape[0]}", ha="left", va="center", **small)
+        ax.text(
+            x + back + w + 0.08,
+            y + back + h,
+            f"×{shape[0]}",
+            ha="left",
+            va="center",
+            **small,
+        )
     ax.text(x + w / 2, y - 0.15, label, ha="center", va="top", fontsize=10)
 
 
@@ -117,34 +190,74 @@ def shape_diagram(stages, *, ops=None, title=None, ax=None) -> Figure:
     gap_y, margin = 1.05, 0.6
     labels = list(dict.fromkeys(label for column in columns for label, _ in column))
     # room between columns for the arrow and its label (about 0.13 units per character of the longest line)
-    gaps = [max(1.6, 0.9 + 0.13 * max(len(line) for line in op.split("\n"))) for op in ops or ["" for _ in columns[1:]]]
+    gaps = [
+        max(1.6, 0.9 + 0.13 * max(len(line) for line in op.split("\n")))
+        for op in ops or ["" for _ in columns[1:]]
+    ]
 
     def layout(scale: float) -> tuple[list[float], list[float]]:
-        widths = [max(max(_full_width(s, scale), 0.13 * len(label)) for label, s in column) for column in columns]
-        heights = [sum(_extent(s, scale)[1] for _, s in column) + gap_y * (len(column) - 1) for column in columns]
+        widths = [
+            max(max(_full_width(s, scale), 0.13 * len(label)) for label, s in column)
+            for column in columns
+        ]
+        heights = [
+            sum(_extent(s, scale)[1] for _, s in column) + gap_y * (len(column) - 1)
+            for column in columns
+        ]
         return widths, heights
 
     room = MAX_WIDTH / UNIT - 2 * margin - sum(gaps)  # units left for the columns
-    full, fixed = sum(layout(1.0)[0]), sum(layout(0.0)[0])  # widths at full size, and the part that never shrinks
+    full, fixed = (
+        sum(layout(1.0)[0]),
+        sum(layout(0.0)[0]),
+    )  # widths at full size, and the part that never shrinks
     scale = 1.0 if full <= room else max(0.4, (room - fixed) / (full - fixed))
     widths, heights = layout(scale)
     total_w, total_h = sum(widths) + sum(gaps), max(heights)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(UNIT * (total_w + 2 * margin), UNIT * (total_h + 2 * margin + 1.0)))
+        fig, ax = plt.subplots(
+            figsize=(UNIT * (total_w + 2 * margin), UNIT * (total_h + 2 * margin + 1.0))
+        )
     x = 0.0
-    for i, (column, width, height) in enumerate(zip(columns, widths, heights, strict=True)):
+    for i, (column, width, height) in enumerate(
+        zip(columns, widths, heights, strict=True)
+    ):
         y = (total_h + height) / 2  # top of this column, centred vertically
         for label, shape in column:
             h = _extent(shape, scale)[1]
             y -= h
-            color = COLORS[labels.index(label) % len(COLORS)]  # one colour per label, the same in every column
-            _draw_shape(ax, x + (width - _full_width(shape, scale)) / 2, y, label, shape, color, scale)
+            color = COLORS[
+                labels.index(label) % len(COLORS)
+            ]  # one colour per label, the same in every column
+            _draw_shape(
+                ax,
+                x + (width - _full_width(shape, scale)) / 2,
+                y,
+                label,
+                shape,
+                color,
+                scale,
+            )
             y -= gap_y
         if i < len(columns) - 1:
-            start, end = (x + width + 0.15, total_h / 2), (x + width + gaps[i] - 0.45, total_h / 2)
-            ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=12, color="#444444"))
+            start, end = (
+                (x + width + 0.15, total_h / 2),
+                (x + width + gaps[i] - 0.45, total_h / 2),
+            )
+            ax.add_patch(
+                FancyArrowPatch(
+                    start, end, arrowstyle="-|>", mutation_scale=12, color="#444444"
+                )
+            )
             if ops is not None:
-                ax.text((start[0] + end[0]) / 2, total_h / 2 + 0.15, ops[i], ha="center", va="bottom", fontsize=9.5)
+                ax.text(
+                    (start[0] + end[0]) / 2,
+                    total_h / 2 + 0.15,
+                    ops[i],
+                    ha="center",
+                    va="bottom",
+                    fontsize=9.5,
+                )
             x += width + gaps[i]
     ax.set_xlim(-margin, total_w + margin)
     ax.set_ylim(-margin - 0.4, total_h + margin)
@@ -156,26 +269,56 @@ def shape_diagram(stages, *, ops=None, title=None, ax=None) -> Figure:
 
 
 # notebooks/A7_diagrams.ipynb, cell 13
-def _box(ax, x: float, y: float, w: float, h: float, text: str, color: str, fontsize: float = 9) -> None:
+def _box(
+    ax,
+    x: float,
+    y: float,
+    w: float,
+    h: float,
+    text: str,
+    color: str,
+    fontsize: float = 9,
+) -> None:
     """A rounded box with centred text; (x, y) is its lower-left corner."""
     ax.add_patch(
         FancyBboxPatch(
-            (x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.12", facecolor=color, edgecolor="black", lw=0.8
+            (x, y),
+            w,
+            h,
+            boxstyle="round,pad=0.02,rounding_size=0.12",
+            facecolor=color,
+            edgecolor="black",
+            lw=0.8,
         )
     )
     ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize)
 
 
 def _arrow(ax, start: tuple[float, float], end: tuple[float, float]) -> None:
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10, color="#444444", lw=1.0))
+    ax.add_patch(
+        FancyArrowPatch(
+            start, end, arrowstyle="-|>", mutation_scale=10, color="#444444", lw=1.0
+        )
+    )
 
 
 def _tag(ax, x: float, y: float, text: str) -> None:
     """A chapter tag: where in the book this part is built."""
-    ax.text(x, y, text, ha="left", va="center", fontsize=7.5, color="#b2182b", style="italic")
+    ax.text(
+        x,
+        y,
+        text,
+        ha="left",
+        va="center",
+        fontsize=7.5,
+        color="#b2182b",
+        style="italic",
+    )
 
 
-def figure1(image=None, *, patch_size: int | None = None, num_tokens: int = 10) -> Figure:
+def figure1(
+    image=None, *, patch_size: int | None = None, num_tokens: int = 10
+) -> Figure:
     """The paper's Figure 1, annotated with the book's symbols and the chapter that builds each part.
 
     Left: the model (patches -> E -> tokens with x_class and E_pos -> L encoder blocks -> LN -> head -> class);
@@ -184,9 +327,15 @@ def figure1(image=None, *, patch_size: int | None = None, num_tokens: int = 10) 
     order, are the input; without it, grey squares stand in for the patches.
     """
     if not isinstance(num_tokens, int) or num_tokens < 2:
-        raise ValueError(f"num_tokens must be an int >= 2 (the class token and at least one patch), got {num_tokens!r}")
+        raise ValueError(
+            f"num_tokens must be an int >= 2 (the class token and at least one patch), got {num_tokens!r}"
+        )
     if image is not None:
-        grid = (image.shape[0] // patch_size, image.shape[1] // patch_size) if isinstance(patch_size, int) else (0, 0)
+        grid = (
+            (image.shape[0] // patch_size, image.shape[1] // patch_size)
+            if isinstance(patch_size, int)
+            else (0, 0)
+        )
         if grid[0] * grid[1] < num_tokens - 1:
             raise ValueError(
                 f"figure1 needs an image with at least num_tokens - 1 = {num_tokens - 1} patches of patch_size, "
@@ -197,7 +346,11 @@ def figure1(image=None, *, patch_size: int | None = None, num_tokens: int = 10) 
     ax.set_ylim(-0.6, 11.4)
     ax.set_aspect("equal")
     ax.axis("off")
-    pitch, size, y_tok = 1.0, 0.7, 3.6  # token spacing, token width, height of the token row
+    pitch, size, y_tok = (
+        1.0,
+        0.7,
+        3.6,
+    )  # token spacing, token width, height of the token row
     xs = [2.4 + i * pitch for i in range(num_tokens)]
     # the input: flattened patches x_p, from the image when one is given
     if image is not None:
@@ -221,7 +374,10 @@ def figure1(image=None, *, patch_size: int | None = None, num_tokens: int = 10) 
         if image is not None:
             grid_w = image.shape[1] // patch_size
             r, c = divmod(i, grid_w)
-            patch = image[r * patch_size : (r + 1) * patch_size, c * patch_size : (c + 1) * patch_size]
+            patch = image[
+                r * patch_size : (r + 1) * patch_size,
+                c * patch_size : (c + 1) * patch_size,
+            ]
             ax.imshow(
                 patch,
                 extent=(x, x + size, 0.0, size),
@@ -229,7 +385,11 @@ def figure1(image=None, *, patch_size: int | None = None, num_tokens: int = 10) 
                 interpolation="nearest",
             )
         else:
-            ax.add_patch(Rectangle((x, 0.0), size, size, facecolor="#d9d9d9", edgecolor="black", lw=0.6))
+            ax.add_patch(
+                Rectangle(
+                    (x, 0.0), size, size, facecolor="#d9d9d9", edgecolor="black", lw=0.6
+                )
+            )
         _arrow(ax, (x + size / 2, size + 0.05), (x + size / 2, 1.45))
     ax.text(xs[1] - 0.15, size / 2, "$x_p^i$", ha="right", va="center", fontsize=10)
     _tag(ax, xs[-1] + size + 0.15, size / 2, "ch. 1 Patches")
@@ -248,8 +408,24 @@ def figure1(image=None, *, patch_size: int | None = None, num_tokens: int = 10) 
     for i, x in enumerate(xs):
         if i:
             _arrow(ax, (x + size / 2, 2.35), (x + size / 2, y_tok - 0.05))
-        ax.add_patch(Rectangle((x, y_tok), size / 2, size, facecolor="#bcbddc", edgecolor="black", lw=0.6))
-        ax.text(x + size / 4, y_tok + size / 2, "0*" if i == 0 else str(i), ha="center", va="center", fontsize=7)
+        ax.add_patch(
+            Rectangle(
+                (x, y_tok),
+                size / 2,
+                size,
+                facecolor="#bcbddc",
+                edgecolor="black",
+                lw=0.6,
+            )
+        )
+        ax.text(
+            x + size / 4,
+            y_tok + size / 2,
+            "0*" if i == 0 else str(i),
+            ha="center",
+            va="center",
+            fontsize=7,
+        )
         ax.add_patch(
             Rectangle(
                 (x + size / 2, y_tok),
@@ -261,7 +437,14 @@ def figure1(image=None, *, patch_size: int | None = None, num_tokens: int = 10) 
             )
         )
         _arrow(ax, (x + size / 2, y_tok + size + 0.05), (x + size / 2, 5.45))
-    ax.text(xs[0] - 0.1, y_tok - 0.35, "$\\mathbf{x}_\\mathrm{class}$", ha="left", va="top", fontsize=9)
+    ax.text(
+        xs[0] - 0.1,
+        y_tok - 0.35,
+        "$\\mathbf{x}_\\mathrm{class}$",
+        ha="left",
+        va="top",
+        fontsize=9,
+    )
     ax.text(
         xs[-1] + size + 0.15,
         y_tok + size / 2,
@@ -272,15 +455,34 @@ def figure1(image=None, *, patch_size: int | None = None, num_tokens: int = 10) 
     )
     # the encoder, the final LayerNorm and the head
     enc_w = xs[-1] + size - xs[0]
-    _box(ax, xs[0], 5.5, enc_w, 1.3, "Transformer encoder:  L × block,  $\\mathbf{z}_\\ell$", "#c7e9c0", fontsize=10)
+    _box(
+        ax,
+        xs[0],
+        5.5,
+        enc_w,
+        1.3,
+        "Transformer encoder:  L × block,  $\\mathbf{z}_\\ell$",
+        "#c7e9c0",
+        fontsize=10,
+    )
     _tag(ax, xs[0] + enc_w + 0.15, 6.15, "ch. 3-5 Equations 2-4")
     _arrow(ax, (xs[0] + size / 2, 6.85), (xs[0] + size / 2, 7.55))
-    _box(ax, xs[0], 7.6, 2.6, 0.7, "LN: $\\mathbf{y} = \\mathrm{LN}(\\mathbf{z}_L^0)$", "#e5f5e0")
+    _box(
+        ax,
+        xs[0],
+        7.6,
+        2.6,
+        0.7,
+        "LN: $\\mathbf{y} = \\mathrm{LN}(\\mathbf{z}_L^0)$",
+        "#e5f5e0",
+    )
     _arrow(ax, (xs[0] + size / 2, 8.35), (xs[0] + size / 2, 8.95))
     _box(ax, xs[0], 9.0, 2.6, 0.7, "MLP head", "#fdd0a2")
     _tag(ax, xs[0] + 2.75, 8.35, "ch. 5 Equation 4")
     _arrow(ax, (xs[0] + size / 2, 9.75), (xs[0] + size / 2, 10.35))
-    ax.text(xs[0] + size / 2, 10.45, "class (K logits)", ha="left", va="bottom", fontsize=9)
+    ax.text(
+        xs[0] + size / 2, 10.45, "class (K logits)", ha="left", va="bottom", fontsize=9
+    )
     # one encoder block, Equations 2 and 3
     bx, bw = 15.8, 4.0
     ax.add_patch(
@@ -295,27 +497,59 @@ def figure1(image=None, *, patch_size: int | None = None, num_tokens: int = 10) 
             linestyle="--",
         )
     )
-    ax.text(bx + bw / 2, 10.9, "encoder block (× L)", ha="center", va="center", fontsize=10)
+    ax.text(
+        bx + bw / 2, 10.9, "encoder block (× L)", ha="center", va="center", fontsize=10
+    )
     steps = [  # (y, text, colour, tag)
         (1.6, "LayerNorm", "#e5f5e0", "ch. 3"),
-        (2.9, "Multi-head self-attention\n$h$ heads of width $D_h$", "#9ecae1", "ch. 3 Eq. 2"),
+        (
+            2.9,
+            "Multi-head self-attention\n$h$ heads of width $D_h$",
+            "#9ecae1",
+            "ch. 3 Eq. 2",
+        ),
         (5.6, "LayerNorm", "#e5f5e0", "ch. 4"),
         (6.9, "MLP: D → M → D, GELU", "#fdd0a2", "ch. 4 Eq. 3"),
     ]
-    ax.text(bx + bw / 2, 0.85, "$\\mathbf{z}_{\\ell-1}$", ha="center", va="center", fontsize=10)
+    ax.text(
+        bx + bw / 2,
+        0.85,
+        "$\\mathbf{z}_{\\ell-1}$",
+        ha="center",
+        va="center",
+        fontsize=10,
+    )
     _arrow(ax, (bx + bw / 2, 1.05), (bx + bw / 2, 1.55))
     for y, text, color, tag in steps:
         _box(ax, bx, y, bw, 0.9, text, color)
         _tag(ax, bx + bw + 0.45, y + 0.45, tag)
         _arrow(ax, (bx + bw / 2, y + 0.95), (bx + bw / 2, y + 1.25))
-    for y_plus, y_from, name in ((4.55, 1.3, "$\\mathbf{z}'_\\ell$"), (8.55, 5.3, "$\\mathbf{z}_\\ell$")):
-        ax.add_patch(plt.Circle((bx + bw / 2, y_plus), 0.25, facecolor="white", edgecolor="black", lw=0.8))
+    for y_plus, y_from, name in (
+        (4.55, 1.3, "$\\mathbf{z}'_\\ell$"),
+        (8.55, 5.3, "$\\mathbf{z}_\\ell$"),
+    ):
+        ax.add_patch(
+            plt.Circle(
+                (bx + bw / 2, y_plus),
+                0.25,
+                facecolor="white",
+                edgecolor="black",
+                lw=0.8,
+            )
+        )
         ax.text(bx + bw / 2, y_plus, "+", ha="center", va="center", fontsize=11)
         skip_x = bx - 0.2  # the residual path runs left of the boxes
-        ax.plot([bx + bw / 2, skip_x, skip_x], [y_from, y_from, y_plus], color="#444444", lw=1.0)
+        ax.plot(
+            [bx + bw / 2, skip_x, skip_x],
+            [y_from, y_from, y_plus],
+            color="#444444",
+            lw=1.0,
+        )
         _arrow(ax, (skip_x, y_plus), (bx + bw / 2 - 0.27, y_plus))
         ax.text(bx + bw / 2 + 0.35, y_plus, name, ha="left", va="center", fontsize=10)
     _arrow(ax, (bx + bw / 2, 4.82), (bx + bw / 2, 5.55))
     _arrow(ax, (bx + bw / 2, 8.82), (bx + bw / 2, 9.6))
-    ax.text(bx + bw / 2, 9.75, "to the next block", ha="center", va="bottom", fontsize=8.5)
+    ax.text(
+        bx + bw / 2, 9.75, "to the next block", ha="center", va="bottom", fontsize=8.5
+    )
     return fig

@@ -63,7 +63,9 @@ def start_processes(device: torch.device) -> torch.device:
     if not launched_by_torchrun():
         return device
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"several processes train on 'cpu' or 'cuda' devices, got {device}")
+        raise ValueError(
+            f"several processes train on 'cpu' or 'cuda' devices, got {device}"
+        )
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
@@ -84,14 +86,20 @@ def replicate(model: nn.Module) -> nn.Module:
     if world()[1] == 1:
         return model
     device = next(model.parameters()).device
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
 
 
 def sum_over_processes(*values: float) -> list[float]:
     """Each of ``values`` summed over all processes (the values themselves on one process)."""
     if world()[1] == 1:
         return list(values)
-    total = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    total = torch.tensor(
+        values,
+        dtype=torch.float64,
+        device="cuda" if dist.get_backend() == "nccl" else "cpu",
+    )
     dist.all_reduce(total)
     return total.tolist()
 

@@ -24,7 +24,9 @@ class ConvStem(nn.Sequential):
     then a 1x1 conv to D. (B, C, H, W) -> (B, D, H/P, W/P). P must be a power of two.
     """
 
-    def __init__(self, patch_size: int = 16, in_channels: int = 3, embed_dim: int = 768) -> None:
+    def __init__(
+        self, patch_size: int = 16, in_channels: int = 3, embed_dim: int = 768
+    ) -> None:
         if patch_size < 2 or patch_size & (patch_size - 1):
             raise ValueError(
                 f"the convolutional stem needs a square patch size that is a power of two, got {patch_size}"
@@ -65,10 +67,17 @@ class PatchEmbedding(nn.Module):
         self.in_channels = in_channels
         if conv_stem:
             if self.patch_size[0] != self.patch_size[1]:
-                raise ValueError(f"the convolutional stem needs a square patch size, got {self.patch_size}")
+                raise ValueError(
+                    f"the convolutional stem needs a square patch size, got {self.patch_size}"
+                )
             self.proj: nn.Module = ConvStem(self.patch_size[0], in_channels, embed_dim)
         else:
-            self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+            self.proj = nn.Conv2d(
+                in_channels,
+                embed_dim,
+                kernel_size=self.patch_size,
+                stride=self.patch_size,
+            )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images, self.in_channels, self.patch_size)
@@ -90,7 +99,10 @@ def resize_position_embedding(
     (``F.interpolate``, no antialiasing). The default, bicubic with ``align_corners=False``, is what the
     model uses; ``mode="bilinear", align_corners=True`` is the original JAX code's linear resize.
     """
-    (h, w), (new_h, new_w) = to_pair(tuple(old_grid), "old_grid"), to_pair(tuple(new_grid), "new_grid")
+    (h, w), (new_h, new_w) = (
+        to_pair(tuple(old_grid), "old_grid"),
+        to_pair(tuple(new_grid), "new_grid"),
+    )
     if position_embedding.ndim != 3 or position_embedding.shape[:2] != (1, 1 + h * w):
         raise ValueError(
             f"expected a position embedding of shape (1, 1 + {h}*{w}, D), got {tuple(position_embedding.shape)}"
@@ -102,6 +114,12 @@ def resize_position_embedding(
     class_row, grid = position_embedding[:, :1], position_embedding[:, 1:]
     dim = position_embedding.shape[-1]
     grid = grid.reshape(1, h, w, dim).permute(0, 3, 1, 2)  # (1, D, h, w)
-    grid = F.interpolate(grid, size=(new_h, new_w), mode=mode, align_corners=align_corners, antialias=False)
+    grid = F.interpolate(
+        grid,
+        size=(new_h, new_w),
+        mode=mode,
+        align_corners=align_corners,
+        antialias=False,
+    )
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_h * new_w, dim)
     return torch.cat([class_row, grid], dim=1)

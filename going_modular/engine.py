@@ -10,7 +10,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    SequentialLR,
+)
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -51,10 +56,23 @@ def build_optimizer(
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
     named = dict(model.named_parameters())
     # Names the model does not have are ignored, as timm does (its ViT also names an optional 'dist_token').
-    exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay = [p for name, p in named.items() if p.requires_grad and p.ndim > 1 and name not in exempt]
-    no_decay = [p for name, p in named.items() if p.requires_grad and (p.ndim <= 1 or name in exempt)]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    exempt = (
+        set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    )
+    decay = [
+        p
+        for name, p in named.items()
+        if p.requires_grad and p.ndim > 1 and name not in exempt
+    ]
+    no_decay = [
+        p
+        for name, p in named.items()
+        if p.requires_grad and (p.ndim <= 1 or name in exempt)
+    ]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     if optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
@@ -67,23 +85,36 @@ def default_warmup_steps(total_steps: int) -> int:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0, decay: str = "cosine"
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    warmup_steps: int = 0,
+    decay: str = "cosine",
 ) -> LRScheduler:
     """Per-step schedule: linear warm-up from lr / warmup_steps to lr, then cosine or linear decay to 0."""
     if not isinstance(total_steps, int) or total_steps < 1:
         raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
     if not isinstance(warmup_steps, int) or not 0 <= warmup_steps < total_steps:
-        raise ValueError(f"warmup_steps must be an int in [0, total_steps={total_steps}), got {warmup_steps!r}")
+        raise ValueError(
+            f"warmup_steps must be an int in [0, total_steps={total_steps}), got {warmup_steps!r}"
+        )
     if decay not in ("cosine", "linear"):
         raise ValueError(f"decay must be 'cosine' or 'linear', got {decay!r}")
     decay_steps = total_steps - warmup_steps
     if decay == "cosine":
         main = CosineAnnealingLR(optimizer, T_max=decay_steps)
     else:
-        main = LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=decay_steps)
+        main = LinearLR(
+            optimizer, start_factor=1.0, end_factor=0.0, total_iters=decay_steps
+        )
     if warmup_steps == 0:
         return main
-    warmup = LinearLR(optimizer, start_factor=1 / warmup_steps, end_factor=1.0, total_iters=warmup_steps)
+    warmup = LinearLR(
+        optimizer,
+        start_factor=1 / warmup_steps,
+        end_factor=1.0,
+        total_iters=warmup_steps,
+    )
     return SequentialLR(optimizer, [warmup, main], milestones=[warmup_steps])
 
 
@@ -115,7 +146,11 @@ class NonFiniteLossError(FloatingPointError):
 def _autocast(device: torch.device, amp: str) -> AbstractContextManager:
     """The autocast context for ``amp`` ('none', 'bf16' or 'fp16') on ``device``."""
     dtype = AMP_DTYPES[amp]
-    return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+    return (
+        nullcontext()
+        if dtype is None
+        else torch.autocast(device_type=device.type, dtype=dtype)
+    )
 
 
 def one_process(*sums: float) -> Sequence[float]:
@@ -139,24 +174,35 @@ def train_one_epoch(
     reduce: Callable[..., Sequence[float]] = one_process,
 ) -> dict[str, float]:
     """Train for one epoch on (images (B, C, H, W), labels (B,)); return mean loss and accuracy per image."""
-    scaler = torch.amp.GradScaler("cuda", enabled=False) if scaler is None else scaler  # off: does nothing
+    scaler = (
+        torch.amp.GradScaler("cuda", enabled=False) if scaler is None else scaler
+    )  # off: does nothing
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch} train", disable=not progress, leave=False)
     for step, (images, labels) in enumerate(bar, start=1):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images, labels = (
+            images.to(device, non_blocking=True),
+            labels.to(device, non_blocking=True),
+        )
         with _autocast(device, amp):
             logits = model(images)  # y: (B, K)
             loss = loss_fn(logits, labels)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"training loss is {loss_value} at epoch {epoch}, step {step}")
+            raise NonFiniteLossError(
+                f"training loss is {loss_value} at epoch {epoch}, step {step}"
+            )
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # fp16: the loss times the scale, so that small gradients do not underflow
+        scaler.scale(
+            loss
+        ).backward()  # fp16: the loss times the scale, so that small gradients do not underflow
         scaler.unscale_(optimizer)  # fp16: the true gradients again, for clipping
         if clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-        scaler.step(optimizer)  # optimizer.step(); fp16 skips a step whose gradients overflowed
+        scaler.step(
+            optimizer
+        )  # optimizer.step(); fp16 skips a step whose gradients overflowed
         scaler.update()
         if scheduler is not None:
             scheduler.step()
@@ -184,7 +230,10 @@ def evaluate(
     total_loss, correct, seen = 0.0, 0, 0
     with torch.inference_mode():
         for images, labels in loader:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images, labels = (
+                images.to(device, non_blocking=True),
+                labels.to(device, non_blocking=True),
+            )
             with _autocast(device, amp):
                 logits = model(images)
                 loss = loss_fn(logits, labels)
@@ -202,10 +251,18 @@ def evaluate(
 class TrainingHooks:
     """Where a run goes beyond the loop of one process (Appendices A10, A11); the defaults change nothing."""
 
-    wrap: Callable[[nn.Module], nn.Module] = lambda model: model  # model -> the module the steps call
-    reduce: Callable[..., Sequence[float]] = one_process  # this process's sums -> the sums over all processes
-    restore: Callable[[dict], dict | None] = lambda parts: None  # load a saved state into parts; its history
-    epoch_end: Callable[[int, dict, dict], None] = lambda epoch, history, parts: None  # e.g. save the state
+    wrap: Callable[[nn.Module], nn.Module] = lambda model: (
+        model
+    )  # model -> the module the steps call
+    reduce: Callable[..., Sequence[float]] = (
+        one_process  # this process's sums -> the sums over all processes
+    )
+    restore: Callable[[dict], dict | None] = lambda parts: (
+        None
+    )  # load a saved state into parts; its history
+    epoch_end: Callable[[int, dict, dict], None] = lambda epoch, history, parts: (
+        None
+    )  # e.g. save the state
     prints: bool = True  # whether this process reports
 
 
@@ -245,43 +302,83 @@ def train(
         raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
     device = torch.device(device)
     if amp == "fp16" and device.type != "cuda":
-        raise ValueError(f"amp='fp16' needs a CUDA device (it uses a GradScaler), got device {device}")
-    recipe = {k: v for k, v in dict(lr=lr, weight_decay=weight_decay, momentum=momentum).items() if v is not None}
+        raise ValueError(
+            f"amp='fp16' needs a CUDA device (it uses a GradScaler), got device {device}"
+        )
+    recipe = {
+        k: v
+        for k, v in dict(lr=lr, weight_decay=weight_decay, momentum=momentum).items()
+        if v is not None
+    }
     if isinstance(optimizer, str):
         optimizer = build_optimizer(model, optimizer=optimizer, **recipe)
     elif not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be 'adamw', 'sgd' or a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        raise TypeError(
+            f"optimizer must be 'adamw', 'sgd' or a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
     elif recipe:
-        raise ValueError(f"{sorted(recipe)} set up a named optimizer: give them to your {type(optimizer).__name__}")
+        raise ValueError(
+            f"{sorted(recipe)} set up a named optimizer: give them to your {type(optimizer).__name__}"
+        )
     total_steps = epochs * len(train_loader)
     if scheduler in ("cosine", "linear"):
-        warmup = default_warmup_steps(total_steps) if warmup_steps is None else warmup_steps
-        scheduler = build_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup, decay=scheduler)
+        warmup = (
+            default_warmup_steps(total_steps) if warmup_steps is None else warmup_steps
+        )
+        scheduler = build_scheduler(
+            optimizer, total_steps=total_steps, warmup_steps=warmup, decay=scheduler
+        )
     elif not isinstance(scheduler, LRScheduler):
-        raise TypeError(f"scheduler must be 'cosine', 'linear' or a torch LRScheduler, got {scheduler!r}")
+        raise TypeError(
+            f"scheduler must be 'cosine', 'linear' or a torch LRScheduler, got {scheduler!r}"
+        )
     elif warmup_steps is not None or scheduler.optimizer is not optimizer:
-        raise ValueError("a scheduler of your own must schedule the optimizer given, and warmup_steps must be None")
+        raise ValueError(
+            "a scheduler of your own must schedule the optimizer given, and warmup_steps must be None"
+        )
     hooks = TrainingHooks() if hooks is None else hooks
     model.to(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)  # a training state's parts
+    parts = dict(
+        model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler
+    )  # a training state's parts
     restored = hooks.restore(parts)
-    keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds")
+    keys = (
+        "train_loss",
+        "train_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "lr",
+        "seconds",
+    )
     history = {key: [] for key in keys} if restored is None else restored
     if len(history["lr"]) > epochs:
-        raise ValueError(f"the restored run has trained {len(history['lr'])} epochs, more than epochs={epochs}")
+        raise ValueError(
+            f"the restored run has trained {len(history['lr'])} epochs, more than epochs={epochs}"
+        )
     runner = hooks.wrap(model)
     progress = progress and hooks.prints
     step = dict(
-        scheduler=scheduler, scaler=scaler, amp=amp, clip_norm=clip_norm, progress=progress, reduce=hooks.reduce
+        scheduler=scheduler,
+        scaler=scaler,
+        amp=amp,
+        clip_norm=clip_norm,
+        progress=progress,
+        reduce=hooks.reduce,
     )
     for epoch in range(len(history["lr"]) + 1, epochs + 1):
-        if hasattr(train_loader.sampler, "set_epoch"):  # a new order every epoch, the same on every process
+        if hasattr(
+            train_loader.sampler, "set_epoch"
+        ):  # a new order every epoch, the same on every process
             train_loader.sampler.set_epoch(epoch)
         start = time.perf_counter()
-        trained = train_one_epoch(runner, train_loader, loss_fn, optimizer, device=device, epoch=epoch, **step)
-        tested = evaluate(model, test_loader, loss_fn, device=device, amp=amp, reduce=hooks.reduce)
+        trained = train_one_epoch(
+            runner, train_loader, loss_fn, optimizer, device=device, epoch=epoch, **step
+        )
+        tested = evaluate(
+            model, test_loader, loss_fn, device=device, amp=amp, reduce=hooks.reduce
+        )
         for split, metrics in (("train", trained), ("test", tested)):
             history[f"{split}_loss"].append(metrics["loss"])
             history[f"{split}_accuracy"].append(metrics["accuracy"])

@@ -36,7 +36,13 @@ import torch
 from scipy import stats
 
 import going_modular
-from going_modular.ablations import ABLATION_GRID, DATA_SIZE_GRID, DIGITS_GRID, digits_run, textures_run
+from going_modular.ablations import (
+    ABLATION_GRID,
+    DATA_SIZE_GRID,
+    DIGITS_GRID,
+    digits_run,
+    textures_run,
+)
 from going_modular.analysis import ROLLOUT_GRID, rollout_run
 from going_modular.files import atomic_write
 from going_modular.finetune import FINETUNE_GRID, finetune_run
@@ -85,10 +91,14 @@ def run_id(config: Mapping[str, object]) -> str:
     for key in sorted(config):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ValueError(f"config values must be str, int or float, got {key}={value!r}")
+            raise ValueError(
+                f"config values must be str, int or float, got {key}={value!r}"
+            )
         text = value if isinstance(value, str) else json.dumps(value)
         if not _TOKEN.fullmatch(key) or not _TOKEN.fullmatch(text):
-            raise ValueError(f"config keys and values must match {_TOKEN.pattern}, got {key}={text!r}")
+            raise ValueError(
+                f"config keys and values must match {_TOKEN.pattern}, got {key}={text!r}"
+            )
         parts.append(f"{key}={text}")
     return ",".join(parts)
 
@@ -101,32 +111,44 @@ class Experiment:
     run: Callable[..., dict]
     configs: tuple[dict, ...]
     about: str = ""
-    summary: tuple[str, ...] = ()  # the metrics `vit-experiment show` tabulates (default: every scalar one)
+    summary: tuple[
+        str, ...
+    ] = ()  # the metrics `vit-experiment show` tabulates (default: every scalar one)
     ids: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise ValueError(f"an experiment's name must match {_NAME.pattern}, got {self.name!r}")
+            raise ValueError(
+                f"an experiment's name must match {_NAME.pattern}, got {self.name!r}"
+            )
         if not callable(self.run):
-            raise ValueError(f"experiment {self.name!r}: run must be callable, got {self.run!r}")
+            raise ValueError(
+                f"experiment {self.name!r}: run must be callable, got {self.run!r}"
+            )
         if len(self.configs) == 0:
             raise ValueError(f"experiment {self.name!r} has no runs")
         ids = tuple(run_id(config) for config in self.configs)
         twice = sorted({i for i in ids if ids.count(i) > 1})
         if twice:
             raise ValueError(f"experiment {self.name!r} lists a run twice: {twice[0]}")
-        object.__setattr__(self, "configs", tuple(dict(config) for config in self.configs))
+        object.__setattr__(
+            self, "configs", tuple(dict(config) for config in self.configs)
+        )
         object.__setattr__(self, "ids", ids)
 
     def config(self, id: str) -> dict:
         """The configuration of the run ``id``; a ``KeyError`` names the experiment."""
         if id not in self.ids:
-            raise KeyError(f"experiment {self.name!r} has no run {id!r} (`vit-experiment ids {self.name}` lists them)")
+            raise KeyError(
+                f"experiment {self.name!r} has no run {id!r} (`vit-experiment ids {self.name}` lists them)"
+            )
         return dict(self.configs[self.ids.index(id)])
 
 
 # notebooks/A12_experiments.ipynb, cell 9
-PACKAGE_ROOT = Path(going_modular.__file__).resolve().parent  # the package's source files
+PACKAGE_ROOT = (
+    Path(going_modular.__file__).resolve().parent
+)  # the package's source files
 
 
 def _imported_modules(source: str) -> set[str]:
@@ -134,13 +156,21 @@ def _imported_modules(source: str) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name.startswith("going_modular.")}
+            found |= {
+                alias.name
+                for alias in node.names
+                if alias.name.startswith("going_modular.")
+            }
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             if node.module == "going_modular":
                 found |= {f"going_modular.{alias.name}" for alias in node.names}
             elif node.module.startswith("going_modular."):
                 found.add(node.module)
-    return {name for name in found if (PACKAGE_ROOT / f"{name.split('.', 1)[1]}.py").is_file()}
+    return {
+        name
+        for name in found
+        if (PACKAGE_ROOT / f"{name.split('.', 1)[1]}.py").is_file()
+    }
 
 
 def code_fingerprint(run: Callable) -> str:
@@ -156,7 +186,9 @@ def code_fingerprint(run: Callable) -> str:
     while todo:
         for name in _imported_modules(sources[todo.pop()]):
             if name not in sources:
-                sources[name] = (PACKAGE_ROOT / f"{name.split('.', 1)[1]}.py").read_text(encoding="utf-8")
+                sources[name] = (
+                    PACKAGE_ROOT / f"{name.split('.', 1)[1]}.py"
+                ).read_text(encoding="utf-8")
                 todo.append(name)
     digest = hashlib.sha256()
     for name in sorted(sources):
@@ -175,11 +207,24 @@ def describe_device(device: torch.device) -> str:
 
 def versions() -> dict[str, str]:
     """The versions that decide a run's bits: Python, torch, NumPy."""
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
 
 
 # notebooks/A12_experiments.ipynb, cell 12
-RECORD_KEYS = ("id", "experiment", "config", "metrics", "seconds", "device", "versions", "code")
+RECORD_KEYS = (
+    "id",
+    "experiment",
+    "config",
+    "metrics",
+    "seconds",
+    "device",
+    "versions",
+    "code",
+)
 
 
 class RecordsError(ValueError):
@@ -201,23 +246,37 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(
+        path.read_text(encoding="utf-8").splitlines(), start=1
+    ):
         where = f"{path}, line {number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise RecordsError(f"{where}: not JSON ({err.msg}): {line[:60]!r}") from None
+            raise RecordsError(
+                f"{where}: not JSON ({err.msg}): {line[:60]!r}"
+            ) from None
         if not isinstance(record, dict) or set(RECORD_KEYS) - set(record):
-            missing = sorted(set(RECORD_KEYS) - set(record)) if isinstance(record, dict) else list(RECORD_KEYS)
-            raise RecordsError(f"{where}: expected a JSON object with keys {list(RECORD_KEYS)}, missing {missing}")
-        if not isinstance(record["config"], dict) or not isinstance(record["metrics"], dict):
+            missing = (
+                sorted(set(RECORD_KEYS) - set(record))
+                if isinstance(record, dict)
+                else list(RECORD_KEYS)
+            )
+            raise RecordsError(
+                f"{where}: expected a JSON object with keys {list(RECORD_KEYS)}, missing {missing}"
+            )
+        if not isinstance(record["config"], dict) or not isinstance(
+            record["metrics"], dict
+        ):
             raise RecordsError(f"{where}: 'config' and 'metrics' must be JSON objects")
         try:
             expected = run_id(record["config"])
         except ValueError as err:
             raise RecordsError(f"{where}: {err}") from None
         if record["id"] != expected:
-            raise RecordsError(f"{where}: id {record['id']!r} does not match its config, whose id is {expected!r}")
+            raise RecordsError(
+                f"{where}: id {record['id']!r} does not match its config, whose id is {expected!r}"
+            )
         records.append(record)
     return records
 
@@ -234,7 +293,9 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def store_record(path: str | os.PathLike, record: dict, *, replace: bool = False) -> bool:
+def store_record(
+    path: str | os.PathLike, record: dict, *, replace: bool = False
+) -> bool:
     """Append ``record`` to a results file, or with ``replace`` put it in place of the record with its id.
 
     Under a lock on the folder, the file is read, checked and written whole to a temporary file that is
@@ -247,7 +308,9 @@ def store_record(path: str | os.PathLike, record: dict, *, replace: bool = False
         records = read_records(path)
         if not replace and any(r["id"] == record["id"] for r in records):
             return False
-        lines = [json.dumps(r, allow_nan=False) for r in records if r["id"] != record["id"]] + [line]
+        lines = [
+            json.dumps(r, allow_nan=False) for r in records if r["id"] != record["id"]
+        ] + [line]
         with atomic_write(path) as tmp:
             tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return True
@@ -288,11 +351,17 @@ class RecordSet:
 
     def where(self, **match: object) -> list[dict]:
         """The records whose config has every ``key=value`` of ``match``, in grid order."""
-        return [r for r in self.records if all(r["config"].get(k) == v for k, v in match.items())]
+        return [
+            r
+            for r in self.records
+            if all(r["config"].get(k) == v for k, v in match.items())
+        ]
 
     def values(self, metric: str, **match: object) -> np.ndarray:
         """``metric`` of the records that ``match``, in grid order (seeds ascending when the grid lists them so)."""
-        return np.array([r["metrics"][metric] for r in self.where(**match)], dtype=float)
+        return np.array(
+            [r["metrics"][metric] for r in self.where(**match)], dtype=float
+        )
 
     def status(self) -> str:
         """One line for under a table: how many records, from which code and device, and what is wrong."""
@@ -303,16 +372,26 @@ class RecordSet:
             f" | code {', '.join(codes) or '-'} ({'current' if not self.stale else f'{len(self.stale)} stale'};"
             f" package now {self.code}) | {', '.join(devices) or '-'}"
         )
-        for what, items in (("unknown runs", self.unknown), ("records of another experiment", self.foreign)):
+        for what, items in (
+            ("unknown runs", self.unknown),
+            ("records of another experiment", self.foreign),
+        ):
             if items:
                 line += f" | {len(items)} {what} left out"
         return line
 
 
-def load_records(experiment: Experiment | str, results: str | os.PathLike | None = None) -> RecordSet:
+def load_records(
+    experiment: Experiment | str, results: str | os.PathLike | None = None
+) -> RecordSet:
     """Read and sort out the records of ``experiment`` from ``results/NAME.jsonl``."""
-    experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
-    path = Path(results if results is not None else default_results_dir()) / f"{experiment.name}.jsonl"
+    experiment = (
+        get_experiment(experiment) if isinstance(experiment, str) else experiment
+    )
+    path = (
+        Path(results if results is not None else default_results_dir())
+        / f"{experiment.name}.jsonl"
+    )
     code = code_fingerprint(experiment.run)
     known, unknown, foreign = {}, [], []
     for record in read_records(path):
@@ -336,7 +415,9 @@ def load_records(experiment: Experiment | str, results: str | os.PathLike | None
 
 
 # notebooks/A12_experiments.ipynb, cell 16
-EXPERIMENT_MODULES: list[str] = []  # extra modules with an EXPERIMENTS sequence (`vit-experiment --module`)
+EXPERIMENT_MODULES: list[
+    str
+] = []  # extra modules with an EXPERIMENTS sequence (`vit-experiment --module`)
 
 
 def experiments() -> dict[str, Experiment]:
@@ -345,7 +426,9 @@ def experiments() -> dict[str, Experiment]:
     for module in EXPERIMENT_MODULES:
         for experiment in importlib.import_module(module).EXPERIMENTS:
             if experiment.name in found:
-                raise ValueError(f"{module} defines experiment {experiment.name!r}, which already exists")
+                raise ValueError(
+                    f"{module} defines experiment {experiment.name!r}, which already exists"
+                )
             found[experiment.name] = experiment
     return found
 
@@ -361,17 +444,35 @@ def get_experiment(name: str) -> Experiment:
 # notebooks/A12_experiments.ipynb, cell 17
 BOOK_EXPERIMENTS = (
     Experiment(
-        "digits", digits_run, DIGITS_GRID, about="chapter 8: ViT vs CNN on 1,437 and 287 digits, the same steps"
+        "digits",
+        digits_run,
+        DIGITS_GRID,
+        about="chapter 8: ViT vs CNN on 1,437 and 287 digits, the same steps",
     ),
-    Experiment("finetune", finetune_run, FINETUNE_GRID, about="chapter 10: fine-tuning at a higher resolution (§3.2)"),
+    Experiment(
+        "finetune",
+        finetune_run,
+        FINETUNE_GRID,
+        about="chapter 10: fine-tuning at a higher resolution (§3.2)",
+    ),
     Experiment(
         "rollout",
         rollout_run,
         ROLLOUT_GRID,
         about="chapter 11: attention rollout, E_pos similarity, attention distance (§4.5, D.7, D.8)",
-        summary=("test_accuracy", "rollout_on_object", "first_layer_on_object", "position_neighbours"),
+        summary=(
+            "test_accuracy",
+            "rollout_on_object",
+            "first_layer_on_object",
+            "position_neighbours",
+        ),
     ),
-    Experiment("data_size", textures_run, DATA_SIZE_GRID, about="chapter 12: ViT vs CNN by training images (§4.3)"),
+    Experiment(
+        "data_size",
+        textures_run,
+        DATA_SIZE_GRID,
+        about="chapter 12: ViT vs CNN by training images (§4.3)",
+    ),
     Experiment(
         "ablations",
         textures_run,
@@ -389,23 +490,45 @@ def _check_metrics(name: str, metrics: object) -> None:
     def finite(value: object) -> bool:
         if isinstance(value, list):
             return all(finite(v) for v in value)
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        )
 
     if not isinstance(metrics, dict) or not metrics:
-        raise TypeError(f"experiment {name!r}: run must return a non-empty dict of metrics, got {metrics!r:.80}")
-    bad = [key for key, value in metrics.items() if not isinstance(key, str) or not finite(value)]
+        raise TypeError(
+            f"experiment {name!r}: run must return a non-empty dict of metrics, got {metrics!r:.80}"
+        )
+    bad = [
+        key
+        for key, value in metrics.items()
+        if not isinstance(key, str) or not finite(value)
+    ]
     if bad:
-        raise ValueError(f"experiment {name!r}: metrics must be finite numbers or lists of them, not {bad[0]!r}")
+        raise ValueError(
+            f"experiment {name!r}: metrics must be finite numbers or lists of them, not {bad[0]!r}"
+        )
 
 
-def execute(experiment: Experiment, id: str, *, device: str | torch.device = "cpu", output: Path | None = None) -> dict:
+def execute(
+    experiment: Experiment,
+    id: str,
+    *,
+    device: str | torch.device = "cpu",
+    output: Path | None = None,
+) -> dict:
     """Run one run of ``experiment`` here and return its record (on a CPU with one thread, as every record).
 
     A run function with an ``output`` parameter gets ``output`` (None: keep no files), a folder for files
     its chapter needs besides the metrics, such as a trained model.
     """
     config, device = experiment.config(id), torch.device(device)
-    files = {"output": output} if "output" in inspect.signature(experiment.run).parameters else {}
+    files = (
+        {"output": output}
+        if "output" in inspect.signature(experiment.run).parameters
+        else {}
+    )
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)
@@ -453,34 +576,62 @@ def run_experiment(
     ``jobs`` worker processes (one thread each on a CPU); each record is stored as soon as its run ends,
     so an interrupted grid continues where it stopped. Returns the new records.
     """
-    experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
+    experiment = (
+        get_experiment(experiment) if isinstance(experiment, str) else experiment
+    )
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     device = get_device(device)
-    stored = load_records(experiment, results)  # a malformed file stops here, before any run
+    stored = load_records(
+        experiment, results
+    )  # a malformed file stops here, before any run
     for id in only or ():
         experiment.config(id)
     wanted = set(only or experiment.ids)
-    todo = [i for i in experiment.ids if i in wanted and (i in stored.missing or (stale and i in stored.stale))]
-    log(f"{experiment.name}: {len(todo)} runs to do, {len(stored.records)} of {len(experiment.ids)} stored")
+    todo = [
+        i
+        for i in experiment.ids
+        if i in wanted and (i in stored.missing or (stale and i in stored.stale))
+    ]
+    log(
+        f"{experiment.name}: {len(todo)} runs to do, {len(stored.records)} of {len(experiment.ids)} stored"
+    )
     new = []
 
     def keep(record: dict) -> None:
-        written = store_record(stored.path, record, replace=record["id"] in stored.stale)
+        written = store_record(
+            stored.path, record, replace=record["id"] in stored.stale
+        )
         new.append(record)
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items() if isinstance(v, (int, float)))
+        shown = ", ".join(
+            f"{k} {v:.4g}"
+            for k, v in record["metrics"].items()
+            if isinstance(v, (int, float))
+        )
         note = "" if written else " (another runner stored it first; kept theirs)"
-        log(f"[{len(new)}/{len(todo)}] {record['id']}: {shown} | {record['seconds']:.1f} s{note}")
+        log(
+            f"[{len(new)}/{len(todo)}] {record['id']}: {shown} | {record['seconds']:.1f} s{note}"
+        )
 
     if jobs == 1 or len(todo) <= 1:
         for id in todo:
             keep(execute(experiment, id, device=device, output=stored.files(id)))
         return new
-    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    context = multiprocessing.get_context(
+        "spawn"
+    )  # fresh interpreters: no forked torch thread pools
     with ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=_start_worker, initargs=(EXPERIMENT_MODULES,)
+        jobs,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(EXPERIMENT_MODULES,),
     ) as pool:
-        futures = [pool.submit(_execute_by_name, experiment.name, id, str(device), stored.files(id)) for id in todo]
+        futures = [
+            pool.submit(
+                _execute_by_name, experiment.name, id, str(device), stored.files(id)
+            )
+            for id in todo
+        ]
         for future in as_completed(futures):
             keep(future.result())
     return new
@@ -488,7 +639,10 @@ def run_experiment(
 
 # notebooks/A12_experiments.ipynb, cell 24
 def reproduce(
-    experiment: Experiment | str, *, results: str | os.PathLike | None = None, id: str | None = None
+    experiment: Experiment | str,
+    *,
+    results: str | os.PathLike | None = None,
+    id: str | None = None,
 ) -> tuple[dict, dict]:
     """Re-run the cheapest stored run (or ``id``) on the CPU: (stored record, fresh record)."""
     stored = load_records(experiment, results)
@@ -512,21 +666,29 @@ def assert_reproduces(record: dict, metrics: dict) -> None:
 
 
 # notebooks/A12_experiments.ipynb, cell 27
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+def mean_interval(
+    values: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
     """Mean of ``values`` and Student's t-interval for it: (mean, low, high). Needs two values or more."""
     values = np.asarray(values, dtype=float)
     if values.ndim != 1 or len(values) < 2:
-        raise ValueError(f"expected a 1-D sequence of at least 2 values, got shape {values.shape}")
+        raise ValueError(
+            f"expected a 1-D sequence of at least 2 values, got shape {values.shape}"
+        )
     mean, sem = values.mean(), values.std(ddof=1) / math.sqrt(len(values))
     half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * sem
     return float(mean), float(mean - half), float(mean + half)
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
     """Mean of a - b over pairs (the same seed in both arms) and its t-interval: (mean, low, high)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
-        raise ValueError(f"paired values need the same shape, got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"paired values need the same shape, got {a.shape} and {b.shape}"
+        )
     return mean_interval(a - b, confidence)
 
 
@@ -540,14 +702,21 @@ def summary_table(stored: RecordSet, metrics: Sequence[str] | None = None) -> st
     """A Markdown table: one row per configuration without its seed, per metric mean ± sd [95% interval], n."""
     if not stored.records:
         return f"(no records of {stored.experiment.name} in {stored.path})"
-    scalar = [k for k, v in stored.records[0]["metrics"].items() if isinstance(v, (int, float))]
+    scalar = [
+        k
+        for k, v in stored.records[0]["metrics"].items()
+        if isinstance(v, (int, float))
+    ]
     metrics = list(metrics or stored.experiment.summary or scalar)
     groups: dict[tuple, list[dict]] = {}
     for record in stored.records:
         key = tuple((k, v) for k, v in record["config"].items() if k != "seed")
         groups.setdefault(key, []).append(record)
     keys = [k for k, _ in next(iter(groups))]
-    lines = ["| " + " | ".join([*keys, *metrics, "n"]) + " |", "|" + " --- |" * (len(keys) + len(metrics) + 1)]
+    lines = [
+        "| " + " | ".join([*keys, *metrics, "n"]) + " |",
+        "|" + " --- |" * (len(keys) + len(metrics) + 1),
+    ]
     for key, records in groups.items():
         cells = [str(v) for _, v in key]
         for metric in metrics:
@@ -563,16 +732,27 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vit-experiment",
         description="Run the book's experiments as grids of runs stored as records (results/NAME.jsonl).",
     )
-    parser.add_argument("--results", type=Path, default=None, help="folder of NAME.jsonl files (default: results/)")
     parser.add_argument(
-        "--module", action="append", default=[], help="also load the EXPERIMENTS of this module (repeatable)"
+        "--results",
+        type=Path,
+        default=None,
+        help="folder of NAME.jsonl files (default: results/)",
+    )
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        help="also load the EXPERIMENTS of this module (repeatable)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="each experiment: name, runs, stored, stale")
     for name, text in (
         ("ids", "the run ids of an experiment, one a line (for a scheduler)"),
         ("show", "the summary table of an experiment's records"),
-        ("check", "re-run the cheapest stored run (or --id) on the CPU and compare with its record"),
+        (
+            "check",
+            "re-run the cheapest stored run (or --id) on the CPU and compare with its record",
+        ),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("name")
@@ -580,10 +760,23 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--id", default=None)
     run = commands.add_parser("run", help="run the runs that have no record yet")
     run.add_argument("name", nargs="?", default=None)
-    run.add_argument("--all", action="store_true", help="every experiment, one after the other")
-    run.add_argument("--only", nargs="+", default=None, metavar="ID", help="only these runs")
-    run.add_argument("--stale", action="store_true", help="also re-run the runs whose record is stale")
-    run.add_argument("--jobs", type=int, default=1, help="worker processes (one thread each on a CPU)")
+    run.add_argument(
+        "--all", action="store_true", help="every experiment, one after the other"
+    )
+    run.add_argument(
+        "--only", nargs="+", default=None, metavar="ID", help="only these runs"
+    )
+    run.add_argument(
+        "--stale",
+        action="store_true",
+        help="also re-run the runs whose record is stale",
+    )
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes (one thread each on a CPU)",
+    )
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     return parser
 
@@ -603,8 +796,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "run":
             if (args.name is None) == (not args.all) or (args.all and args.only):
-                raise ValueError("run takes one experiment's name or --all (and --only only with a name)")
-            for experiment in experiments().values() if args.all else [get_experiment(args.name)]:
+                raise ValueError(
+                    "run takes one experiment's name or --all (and --only only with a name)"
+                )
+            for experiment in (
+                experiments().values() if args.all else [get_experiment(args.name)]
+            ):
                 run_experiment(
                     experiment,
                     results=args.results,
@@ -624,9 +821,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "check":
             record, fresh = reproduce(experiment, results=args.results, id=args.id)
             assert_reproduces(record, fresh["metrics"])
-            print(f"{record['id']}: the fresh run equals its record ({fresh['seconds']:.1f} s)")
-    except (LookupError, ValueError) as err:  # KeyError is a LookupError, RecordsError a ValueError
-        print(f"vit-experiment: error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+            print(
+                f"{record['id']}: the fresh run equals its record ({fresh['seconds']:.1f} s)"
+            )
+    except (
+        LookupError,
+        ValueError,
+    ) as err:  # KeyError is a LookupError, RecordsError a ValueError
+        print(
+            f"vit-experiment: error: {err.args[0] if isinstance(err, KeyError) else err}",
+            file=sys.stderr,
+        )
         return 2
     except AssertionError as err:
         print(f"vit-experiment: {err}", file=sys.stderr)
@@ -634,5 +839,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__" and "ipykernel" not in sys.modules:  # not when this cell runs in a notebook
+if (
+    __name__ == "__main__" and "ipykernel" not in sys.modules
+):  # not when this cell runs in a notebook
     sys.exit(main())

@@ -60,7 +60,9 @@ def atomic_write(path: str | os.PathLike, *, folder: bool = False) -> Iterator[P
     try:
         yield tmp
         os.chmod(tmp, (0o777 if folder else 0o666) & ~_umask())
-        if path.is_dir() and not path.is_symlink():  # a folder cannot be renamed onto a folder: move it aside
+        if (
+            path.is_dir() and not path.is_symlink()
+        ):  # a folder cannot be renamed onto a folder: move it aside
             backup = path.with_name(f".{path.name}.old-{uuid.uuid4().hex}")
             os.replace(path, backup)
             os.replace(tmp, path)
@@ -83,7 +85,9 @@ def network_timeout(seconds: float) -> Iterator[None]:
     Sets Python's process-wide default socket timeout for the duration of the block, then restores it.
     """
     if not seconds > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {seconds!r}")
+        raise ValueError(
+            f"timeout must be a positive number of seconds, got {seconds!r}"
+        )
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
     try:
@@ -113,11 +117,21 @@ def download_file(
     with network_timeout(timeout):
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            torch.hub.download_url_to_file(url, str(path), hash_prefix=sha256_prefix, progress=progress)
+            torch.hub.download_url_to_file(
+                url, str(path), hash_prefix=sha256_prefix, progress=progress
+            )
         except RuntimeError as err:  # torch.hub's hash check; the file has been deleted
-            raise DownloadError(f"download of {url} is corrupt and was deleted, {path} not written: {err}") from err
-        except (OSError, http.client.HTTPException) as err:  # urllib's errors are OSErrors; HTTP ones carry a code
-            code, reason = getattr(err, "code", None), getattr(err, "reason", None) or err
+            raise DownloadError(
+                f"download of {url} is corrupt and was deleted, {path} not written: {err}"
+            ) from err
+        except (
+            OSError,
+            http.client.HTTPException,
+        ) as err:  # urllib's errors are OSErrors; HTTP ones carry a code
+            code, reason = (
+                getattr(err, "code", None),
+                getattr(err, "reason", None) or err,
+            )
             raise DownloadError(
                 f"could not download {url} into {path}: {f'HTTP {code} ' if code else ''}{reason}"
             ) from err
@@ -132,13 +146,17 @@ def _unpack(archive: Path, target: Path) -> None:
             with zipfile.ZipFile(archive) as zf:
                 bad = zf.testzip()
                 if bad is not None:
-                    raise DownloadError(f"archive member {bad} is corrupt (CRC mismatch)")
+                    raise DownloadError(
+                        f"archive member {bad} is corrupt (CRC mismatch)"
+                    )
                 zf.extractall(target)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 tf.extractall(target, filter="data")
         else:
-            raise DownloadError("the file is neither a zip nor a tar archive (corrupt or truncated?)")
+            raise DownloadError(
+                "the file is neither a zip nor a tar archive (corrupt or truncated?)"
+            )
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
         raise DownloadError(f"corrupt archive: {err}") from err
 
@@ -150,14 +168,18 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path
         _unpack(Path(archive), tmp)
         entries = list(tmp.iterdir())
         if len(entries) == 1 and entries[0].is_dir():
-            inner = entries[0].rename(tmp / f".unwrap-{uuid.uuid4().hex}")  # its children may share its name
+            inner = entries[0].rename(
+                tmp / f".unwrap-{uuid.uuid4().hex}"
+            )  # its children may share its name
             for child in inner.iterdir():
                 os.replace(child, tmp / child.name)
             inner.rmdir()
     return dest
 
 
-def download_and_extract(url: str, dest: str | os.PathLike, *, timeout: float = 10.0, progress: bool = True) -> Path:
+def download_and_extract(
+    url: str, dest: str | os.PathLike, *, timeout: float = 10.0, progress: bool = True
+) -> Path:
     """Download a zip or tar archive and extract it to ``dest`` (see ``extract_archive``); return ``dest``.
 
     When ``dest`` is already a folder it is returned as is, without downloading.
@@ -166,8 +188,12 @@ def download_and_extract(url: str, dest: str | os.PathLike, *, timeout: float = 
     if dest.is_dir():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.download-") as tmp:
-        archive = download_file(url, Path(tmp) / "archive", timeout=timeout, progress=progress)
+    with tempfile.TemporaryDirectory(
+        dir=dest.parent, prefix=f".{dest.name}.download-"
+    ) as tmp:
+        archive = download_file(
+            url, Path(tmp) / "archive", timeout=timeout, progress=progress
+        )
         try:
             extract_archive(archive, dest)
         except DownloadError as err:

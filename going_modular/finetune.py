@@ -49,10 +49,17 @@ def pretrained_config(path: str | os.PathLike) -> ViTConfig:
     return jax_npz_config(path) if path.suffix == ".npz" else checkpoint_config(path)
 
 
-def adapt(model: ViT, *, img_size: int | Sequence[int] | None = None, num_classes: int | None = None) -> ViT:
+def adapt(
+    model: ViT,
+    *,
+    img_size: int | Sequence[int] | None = None,
+    num_classes: int | None = None,
+) -> ViT:
     """The §3.2 moves a new task needs: E_pos resized when ``img_size`` differs from the model's, a zero
     head when ``num_classes`` differs. In place; returns ``model``."""
-    if img_size is not None and to_pair(img_size, "img_size") != to_pair(model.config.img_size, "img_size"):
+    if img_size is not None and to_pair(img_size, "img_size") != to_pair(
+        model.config.img_size, "img_size"
+    ):
         model.set_input_size(img_size)
     if num_classes is not None and num_classes != model.config.num_classes:
         model.reset_classifier(num_classes)
@@ -60,7 +67,10 @@ def adapt(model: ViT, *, img_size: int | Sequence[int] | None = None, num_classe
 
 
 def from_pretrained(
-    path: str | os.PathLike, *, img_size: int | Sequence[int] | None = None, num_classes: int | None = None
+    path: str | os.PathLike,
+    *,
+    img_size: int | Sequence[int] | None = None,
+    num_classes: int | None = None,
 ) -> ViT:
     """A pre-trained ViT ready to fine-tune, from a going_modular checkpoint folder or an original JAX ``.npz``.
 
@@ -76,17 +86,46 @@ def from_pretrained(
 
 
 # notebooks/10_fine_tuning.ipynb, cell 13
-FIRST_DIGITS, SECOND_DIGITS = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)  # pre-train on the first, fine-tune on the second
-DIGITS_VIT = vit_config("Micro/2", img_size=8, in_channels=1, num_classes=5)  # pre-trained at 8 px
-PRETRAIN = dict(epochs=20, lr=2e-3, weight_decay=0.05)  # AdamW, warm-up then cosine decay, clipping at 1
-FINETUNE = dict(epochs=20, optimizer="sgd", lr=0.03, momentum=0.9, weight_decay=0.0, clip_norm=1.0, scheduler="cosine")
-FINETUNE_ARMS = ("interpolated", "interpolated_linear", "reinitialised", "pretraining_resolution", "scratch")
-FINETUNE_GRID = tuple({"arm": arm, "seed": seed} for arm in FINETUNE_ARMS for seed in range(5))
+FIRST_DIGITS, SECOND_DIGITS = (
+    (0, 1, 2, 3, 4),
+    (5, 6, 7, 8, 9),
+)  # pre-train on the first, fine-tune on the second
+DIGITS_VIT = vit_config(
+    "Micro/2", img_size=8, in_channels=1, num_classes=5
+)  # pre-trained at 8 px
+PRETRAIN = dict(
+    epochs=20, lr=2e-3, weight_decay=0.05
+)  # AdamW, warm-up then cosine decay, clipping at 1
+FINETUNE = dict(
+    epochs=20,
+    optimizer="sgd",
+    lr=0.03,
+    momentum=0.9,
+    weight_decay=0.0,
+    clip_norm=1.0,
+    scheduler="cosine",
+)
+FINETUNE_ARMS = (
+    "interpolated",
+    "interpolated_linear",
+    "reinitialised",
+    "pretraining_resolution",
+    "scratch",
+)
+FINETUNE_GRID = tuple(
+    {"arm": arm, "seed": seed} for arm in FINETUNE_ARMS for seed in range(5)
+)
 
 Task = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def digits_task(classes: Sequence[int], img_size: int, *, per_class: int | None = None, seed: int = 0) -> Task:
+def digits_task(
+    classes: Sequence[int],
+    img_size: int,
+    *,
+    per_class: int | None = None,
+    seed: int = 0,
+) -> Task:
     """((train images, labels), (test images, labels)) of some digit classes, labels renumbered 0..K-1;
     with ``per_class``, that many seeded training images of each class."""
     splits = load_digits_data(img_size=img_size, seed=0)
@@ -99,17 +138,29 @@ def digits_task(classes: Sequence[int], img_size: int, *, per_class: int | None 
         images, labels = out[0]
         generator = torch.Generator().manual_seed(seed)
         chosen = [torch.nonzero(labels == k).flatten() for k in range(len(classes))]
-        index = torch.cat([ids[torch.randperm(len(ids), generator=generator)[:per_class]] for ids in chosen])
+        index = torch.cat(
+            [
+                ids[torch.randperm(len(ids), generator=generator)[:per_class]]
+                for ids in chosen
+            ]
+        )
         out[0] = (images[index], labels[index])
     return out[0], out[1]
 
 
-def task_loaders(task: Task, *, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
+def task_loaders(
+    task: Task, *, batch_size: int, seed: int
+) -> tuple[DataLoader, DataLoader]:
     """A seeded shuffling loader of the training pair and a loader of the test pair."""
     (train_x, train_y), (test_x, test_y) = task
     shuffle = torch.Generator().manual_seed(seed)
     return (
-        DataLoader(TensorDataset(train_x, train_y), batch_size=batch_size, shuffle=True, generator=shuffle),
+        DataLoader(
+            TensorDataset(train_x, train_y),
+            batch_size=batch_size,
+            shuffle=True,
+            generator=shuffle,
+        ),
         DataLoader(TensorDataset(test_x, test_y), batch_size=256),
     )
 
@@ -118,12 +169,18 @@ def pretrain_digits(seed: int, *, device: torch.device) -> tuple[ViT, float]:
     """Pre-train on the digits 0-4 at 8x8 pixels with PRETRAIN: (the model on the CPU, its test accuracy)."""
     set_seed(seed)
     model = init_truncated_normal(ViT(DIGITS_VIT))
-    train_loader, test_loader = task_loaders(digits_task(FIRST_DIGITS, 8), batch_size=64, seed=seed)
-    history = train(model, train_loader, test_loader, device=device, progress=False, **PRETRAIN)
+    train_loader, test_loader = task_loaders(
+        digits_task(FIRST_DIGITS, 8), batch_size=64, seed=seed
+    )
+    history = train(
+        model, train_loader, test_loader, device=device, progress=False, **PRETRAIN
+    )
     return model.cpu(), history["test_accuracy"][-1]
 
 
-def finetune_digits(pretrained: ViT, arm: str, seed: int, *, device: torch.device) -> float:
+def finetune_digits(
+    pretrained: ViT, arm: str, seed: int, *, device: torch.device
+) -> float:
     """Test accuracy on the digits 5-9 (40 training images per class) after one arm's fine-tuning.
 
     Arms: ``interpolated`` (16 px, E_pos resized bicubically), ``interpolated_linear`` (resized as the JAX
@@ -147,7 +204,9 @@ def finetune_digits(pretrained: ViT, arm: str, seed: int, *, device: torch.devic
             nn.init.trunc_normal_(model.position_embedding, std=0.02)
     task = digits_task(SECOND_DIGITS, size, per_class=40, seed=seed)
     train_loader, test_loader = task_loaders(task, batch_size=32, seed=seed)
-    return train(model, train_loader, test_loader, device=device, progress=False, **recipe)["test_accuracy"][-1]
+    return train(
+        model, train_loader, test_loader, device=device, progress=False, **recipe
+    )["test_accuracy"][-1]
 
 
 def finetune_run(config: dict, *, device: torch.device) -> dict:

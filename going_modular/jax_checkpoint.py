@@ -35,7 +35,11 @@ def jax_npz_layout(model: ViT) -> dict[str, tuple[int, ...]]:
     c = model.config
     d, h, m = c.embed_dim, c.num_heads, c.mlp_dim
     (ph, pw), (gh, gw) = model.patch_size, model.grid_size
-    layout = {"embedding/kernel": (ph, pw, c.in_channels, d), "embedding/bias": (d,), "cls": (1, 1, d)}
+    layout = {
+        "embedding/kernel": (ph, pw, c.in_channels, d),
+        "embedding/bias": (d,),
+        "cls": (1, 1, d),
+    }
     layout[JAX_POSITION] = (1, 1 + gh * gw, d)
     for i in range(c.depth):
         block, attention = _block_keys(i)
@@ -45,15 +49,30 @@ def jax_npz_layout(model: ViT) -> dict[str, tuple[int, ...]]:
             layout[f"{attention}{name}/kernel"] = (d, h, d // h)
             if c.qkv_bias:
                 layout[f"{attention}{name}/bias"] = (h, d // h)
-        layout |= {f"{attention}out/kernel": (h, d // h, d), f"{attention}out/bias": (d,)}
-        layout |= {f"{block}MlpBlock_3/Dense_0/kernel": (d, m), f"{block}MlpBlock_3/Dense_0/bias": (m,)}
-        layout |= {f"{block}MlpBlock_3/Dense_1/kernel": (m, d), f"{block}MlpBlock_3/Dense_1/bias": (d,)}
-    layout |= {"Transformer/encoder_norm/scale": (d,), "Transformer/encoder_norm/bias": (d,)}
+        layout |= {
+            f"{attention}out/kernel": (h, d // h, d),
+            f"{attention}out/bias": (d,),
+        }
+        layout |= {
+            f"{block}MlpBlock_3/Dense_0/kernel": (d, m),
+            f"{block}MlpBlock_3/Dense_0/bias": (m,),
+        }
+        layout |= {
+            f"{block}MlpBlock_3/Dense_1/kernel": (m, d),
+            f"{block}MlpBlock_3/Dense_1/bias": (d,),
+        }
+    layout |= {
+        "Transformer/encoder_norm/scale": (d,),
+        "Transformer/encoder_norm/bias": (d,),
+    }
     features = c.representation_size or d
     if c.representation_size:
         layout |= {"pre_logits/kernel": (d, features), "pre_logits/bias": (features,)}
     if c.num_classes:
-        layout |= {"head/kernel": (features, c.num_classes), "head/bias": (c.num_classes,)}
+        layout |= {
+            "head/kernel": (features, c.num_classes),
+            "head/bias": (c.num_classes,),
+        }
     return layout
 
 
@@ -61,7 +80,9 @@ def _open_npz(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no JAX checkpoint at {str(path)!r}")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"expected an .npz archive (a zip of .npy arrays), got {str(path)!r}")
+        raise ValueError(
+            f"expected an .npz archive (a zip of .npy arrays), got {str(path)!r}"
+        )
     return np.load(path, allow_pickle=False)
 
 
@@ -69,7 +90,9 @@ def jax_npz_config(path: str | os.PathLike) -> ViTConfig:
     """The ViTConfig of an original JAX checkpoint, read off its shapes (the tanh GELU included)."""
     with _open_npz(path) as npz:
         if "embedding/kernel" not in npz.files or JAX_POSITION not in npz.files:
-            raise ValueError(f"{path} is not a JAX ViT checkpoint: it lacks 'embedding/kernel' or {JAX_POSITION!r}")
+            raise ValueError(
+                f"{path} is not a JAX ViT checkpoint: it lacks 'embedding/kernel' or {JAX_POSITION!r}"
+            )
         ph, pw, channels, d = npz["embedding/kernel"].shape
         _, attention = _block_keys(0)
         heads = npz[f"{attention}query/kernel"].shape[1]
@@ -80,17 +103,26 @@ def jax_npz_config(path: str | os.PathLike) -> ViTConfig:
                 img_size=grid * ph,
                 patch_size=(ph, pw),
                 in_channels=channels,
-                num_classes=npz["head/bias"].shape[0] if "head/bias" in npz.files else 0,
+                num_classes=npz["head/bias"].shape[0]
+                if "head/bias" in npz.files
+                else 0,
                 embed_dim=d,
                 depth=depth,
                 num_heads=heads,
-                mlp_ratio=npz["Transformer/encoderblock_0/MlpBlock_3/Dense_0/bias"].shape[0] / d,
+                mlp_ratio=npz[
+                    "Transformer/encoderblock_0/MlpBlock_3/Dense_0/bias"
+                ].shape[0]
+                / d,
                 qkv_bias=f"{attention}query/bias" in npz.files,
-                representation_size=npz["pre_logits/bias"].shape[0] if "pre_logits/bias" in npz.files else None,
+                representation_size=npz["pre_logits/bias"].shape[0]
+                if "pre_logits/bias" in npz.files
+                else None,
                 gelu_approximate="tanh",
             )
         except ValueError as err:
-            raise ValueError(f"{path}: its shapes describe no valid ViT: {err}") from err
+            raise ValueError(
+                f"{path}: its shapes describe no valid ViT: {err}"
+            ) from err
 
 
 def load_jax_npz(model: ViT, path: str | os.PathLike) -> ViT:
@@ -99,23 +131,37 @@ def load_jax_npz(model: ViT, path: str | os.PathLike) -> ViT:
     A file of another patch grid is accepted: its E_pos is resized with ``resize_position_embedding``.
     """
     if not isinstance(model.patch_embedding.proj, nn.Conv2d):
-        raise ValueError("the JAX checkpoints have a patchify projection E, this model a convolutional stem")
+        raise ValueError(
+            "the JAX checkpoints have a patchify projection E, this model a convolutional stem"
+        )
     layout = jax_npz_layout(model)
     with _open_npz(path) as npz:
         arrays = {key: npz[key] for key in npz.files}
     d = model.config.embed_dim
     position = arrays.get(JAX_POSITION, np.empty(0))
-    grid = math.isqrt(position.shape[1] - 1) if position.ndim == 3 and position.shape[1] > 1 else 0
-    resizable = grid > 0 and position.shape == (1, 1 + grid * grid, d)  # a square grid of another size
+    grid = (
+        math.isqrt(position.shape[1] - 1)
+        if position.ndim == 3 and position.shape[1] > 1
+        else 0
+    )
+    resizable = grid > 0 and position.shape == (
+        1,
+        1 + grid * grid,
+        d,
+    )  # a square grid of another size
     missing = [key for key in layout if key not in arrays]
     unexpected = [key for key in arrays if key not in layout]
     mismatched = [
         f"{key} (expected {shape}, got {arrays[key].shape})"
         for key, shape in layout.items()
-        if key in arrays and arrays[key].shape != shape and not (key == JAX_POSITION and resizable)
+        if key in arrays
+        and arrays[key].shape != shape
+        and not (key == JAX_POSITION and resizable)
     ]
     if missing or unexpected or mismatched:
-        raise StateDictMismatchError(f"JAX checkpoint {str(path)!r}", missing, unexpected, mismatched)
+        raise StateDictMismatchError(
+            f"JAX checkpoint {str(path)!r}", missing, unexpected, mismatched
+        )
     if model.config.gelu_approximate != "tanh":
         warnings.warn(
             "the original JAX checkpoints were trained with the tanh GELU; this model uses the exact one, so its "
@@ -126,26 +172,44 @@ def load_jax_npz(model: ViT, path: str | os.PathLike) -> ViT:
     def tensor(key: str) -> torch.Tensor:
         return torch.from_numpy(np.asarray(arrays[key], dtype=np.float32))
 
-    def linear(ours: str, key: str) -> dict[str, torch.Tensor]:  # Flax kernel (in..., out) -> weight (out, in)
-        return {f"{ours}.weight": tensor(f"{key}/kernel").flatten(0, -2).T, f"{ours}.bias": tensor(f"{key}/bias")}
+    def linear(
+        ours: str, key: str
+    ) -> dict[str, torch.Tensor]:  # Flax kernel (in..., out) -> weight (out, in)
+        return {
+            f"{ours}.weight": tensor(f"{key}/kernel").flatten(0, -2).T,
+            f"{ours}.bias": tensor(f"{key}/bias"),
+        }
 
     def norm(ours: str, key: str) -> dict[str, torch.Tensor]:
-        return {f"{ours}.weight": tensor(f"{key}/scale"), f"{ours}.bias": tensor(f"{key}/bias")}
+        return {
+            f"{ours}.weight": tensor(f"{key}/scale"),
+            f"{ours}.bias": tensor(f"{key}/bias"),
+        }
 
     state = {
-        "patch_embedding.proj.weight": tensor("embedding/kernel").permute(3, 2, 0, 1),  # (P, P, C, D) -> (D, C, P, P)
+        "patch_embedding.proj.weight": tensor("embedding/kernel").permute(
+            3, 2, 0, 1
+        ),  # (P, P, C, D) -> (D, C, P, P)
         "patch_embedding.proj.bias": tensor("embedding/bias"),
         "class_token": tensor("cls"),
-        "position_embedding": resize_position_embedding(tensor(JAX_POSITION), (grid, grid), model.grid_size),
+        "position_embedding": resize_position_embedding(
+            tensor(JAX_POSITION), (grid, grid), model.grid_size
+        ),
     }
     for i in range(model.config.depth):
         block, attention = _block_keys(i)
         qkv = ("query", "key", "value")
-        state[f"blocks.{i}.msa.qkv.weight"] = torch.cat([tensor(f"{attention}{n}/kernel").reshape(d, d).T for n in qkv])
+        state[f"blocks.{i}.msa.qkv.weight"] = torch.cat(
+            [tensor(f"{attention}{n}/kernel").reshape(d, d).T for n in qkv]
+        )
         if model.config.qkv_bias:
-            state[f"blocks.{i}.msa.qkv.bias"] = torch.cat([tensor(f"{attention}{n}/bias").reshape(d) for n in qkv])
+            state[f"blocks.{i}.msa.qkv.bias"] = torch.cat(
+                [tensor(f"{attention}{n}/bias").reshape(d) for n in qkv]
+            )
         state |= linear(f"blocks.{i}.msa.proj", f"{attention}out")
-        state |= norm(f"blocks.{i}.ln_1", f"{block}LayerNorm_0") | norm(f"blocks.{i}.ln_2", f"{block}LayerNorm_2")
+        state |= norm(f"blocks.{i}.ln_1", f"{block}LayerNorm_0") | norm(
+            f"blocks.{i}.ln_2", f"{block}LayerNorm_2"
+        )
         state |= linear(f"blocks.{i}.mlp.fc1", f"{block}MlpBlock_3/Dense_0")
         state |= linear(f"blocks.{i}.mlp.fc2", f"{block}MlpBlock_3/Dense_1")
     state |= norm("ln", "Transformer/encoder_norm")

@@ -47,13 +47,20 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _pair(value, name: str) -> tuple[int, int]:
     """(height, width) from an int or a pair of positive ints; ValueError naming ``name`` otherwise."""
     pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
+    if len(pair) != 2 or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+        for v in pair
+    ):
+        raise ValueError(
+            f"{name} must be a positive int or a pair of positive ints, got {value!r}"
+        )
     return int(pair[0]), int(pair[1])
 
 
 # notebooks/09_numpy_vit.ipynb, cell 14
-def convolution_2d(inputs: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, stride=1) -> np.ndarray:
+def convolution_2d(
+    inputs: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, stride=1
+) -> np.ndarray:
     """2-D cross-correlation without padding, as ``torch.nn.functional.conv2d`` computes it.
 
     inputs (C, H, W), w (D, C, kh, kw), bias (D,) or None, stride int or (sh, sw)
@@ -61,37 +68,59 @@ def convolution_2d(inputs: np.ndarray, w: np.ndarray, bias: np.ndarray | None = 
     """
     sh, sw = _pair(stride, "stride")
     if inputs.ndim != 3 or w.ndim != 4:
-        raise ValueError(f"expected inputs (C, H, W) and w (D, C, kh, kw), got shapes {inputs.shape} and {w.shape}")
-    if inputs.shape[0] != w.shape[1] or inputs.shape[1] < w.shape[2] or inputs.shape[2] < w.shape[3]:
-        raise ValueError(f"a kernel of shape {w.shape} does not fit inputs of shape {inputs.shape}")
-    windows = np.lib.stride_tricks.sliding_window_view(inputs, w.shape[2:], axis=(1, 2))[:, ::sh, ::sw]
+        raise ValueError(
+            f"expected inputs (C, H, W) and w (D, C, kh, kw), got shapes {inputs.shape} and {w.shape}"
+        )
+    if (
+        inputs.shape[0] != w.shape[1]
+        or inputs.shape[1] < w.shape[2]
+        or inputs.shape[2] < w.shape[3]
+    ):
+        raise ValueError(
+            f"a kernel of shape {w.shape} does not fit inputs of shape {inputs.shape}"
+        )
+    windows = np.lib.stride_tricks.sliding_window_view(
+        inputs, w.shape[2:], axis=(1, 2)
+    )[:, ::sh, ::sw]
     out = np.tensordot(w, windows, axes=([1, 2, 3], [0, 3, 4]))  # (D, H', W')
     return out if bias is None else out + bias[:, None, None]
 
 
 # notebooks/09_numpy_vit.ipynb, cell 17
 def vit_embeddings(
-    inputs: np.ndarray, cls_token: np.ndarray, position_embeddings: np.ndarray, conv_proj: dict, config_image_size=None
+    inputs: np.ndarray,
+    cls_token: np.ndarray,
+    position_embeddings: np.ndarray,
+    conv_proj: dict,
+    config_image_size=None,
 ) -> np.ndarray:
     """Equation 1: one image (C, H, W) -> z_0 (T, D), T = 1 + (H/P)(W/P). cls_token (1, D); position_embeddings
     for ``config_image_size`` (None: a square grid); conv_proj {w (D, C, P, P), b (D,)}, whose kernel sets P."""
     w = conv_proj["w"]
     patch = w.shape[2:]
     if inputs.ndim != 3 or inputs.shape[0] != w.shape[1]:
-        raise ValueError(f"expected one image of shape (C, H, W) with {w.shape[1]} channels, got shape {inputs.shape}")
+        raise ValueError(
+            f"expected one image of shape (C, H, W) with {w.shape[1]} channels, got shape {inputs.shape}"
+        )
     if inputs.shape[1] % patch[0] or inputs.shape[2] % patch[1]:
-        raise ValueError(f"image height and width must be multiples of the patch size {patch}, got {inputs.shape[1:]}")
+        raise ValueError(
+            f"image height and width must be multiples of the patch size {patch}, got {inputs.shape[1:]}"
+        )
     if config_image_size is None:
         side = math.isqrt(position_embeddings.shape[0] - 1)
         config_image_size = (side * patch[0], side * patch[1])
     x_p = convolution_2d(inputs, w, conv_proj["b"], stride=patch)  # (D, H/P, W/P)
     x_p = x_p.reshape(x_p.shape[0], -1).T  # x_p E: (N, D)
     z = np.concatenate([cls_token, x_p], axis=0)  # (T, D)
-    return z + vit_interpolation(position_embeddings, inputs.shape[1:], patch, config_image_size)
+    return z + vit_interpolation(
+        position_embeddings, inputs.shape[1:], patch, config_image_size
+    )
 
 
 # notebooks/09_numpy_vit.ipynb, cell 21
-def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+def layer_norm(
+    x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-6
+) -> np.ndarray:
     """Normalise the last axis to zero mean and unit (biased) variance, then scale by g and shift by b.
 
     x (..., D), g (D,), b (D,) -> (..., D).
@@ -110,7 +139,9 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 # notebooks/09_numpy_vit.ipynb, cell 25
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+def attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
     """softmax(q k^T / sqrt(D_h) + mask) v: q (..., T, D_h), k (..., T', D_h), v (..., T', D_v) -> (..., T, D_v).
 
     ``mask`` broadcasts to (..., T, T'): a boolean mask keeps its True positions, a float mask is added.
@@ -119,7 +150,9 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     scores /= math.sqrt(q.shape[-1])
     if mask is not None:
         mask = np.asarray(mask)
-        scores = np.where(mask, scores, -np.inf) if mask.dtype == bool else scores + mask
+        scores = (
+            np.where(mask, scores, -np.inf) if mask.dtype == bool else scores + mask
+        )
     return softmax(scores) @ v
 
 
@@ -131,34 +164,51 @@ def mha(x: np.ndarray, c_attn: dict, c_proj: dict, n_head: int) -> np.ndarray:
     """
     t, d = x.shape
     if d % n_head:
-        raise ValueError(f"the embedding size D={d} must be divisible by n_head, got n_head={n_head}")
+        raise ValueError(
+            f"the embedding size D={d} must be divisible by n_head, got n_head={n_head}"
+        )
     qkv = linear(x, **c_attn)  # (T, 3D)
-    q, k, v = (part.reshape(t, n_head, d // n_head).transpose(1, 0, 2) for part in np.split(qkv, 3, axis=-1))
+    q, k, v = (
+        part.reshape(t, n_head, d // n_head).transpose(1, 0, 2)
+        for part in np.split(qkv, 3, axis=-1)
+    )
     heads = attention(q, k, v)  # (h, T, D_h)
-    return linear(heads.transpose(1, 0, 2).reshape(t, d), **c_proj)  # concatenate the heads, project: (T, D)
+    return linear(
+        heads.transpose(1, 0, 2).reshape(t, d), **c_proj
+    )  # concatenate the heads, project: (T, D)
 
 
 # notebooks/09_numpy_vit.ipynb, cell 31
 def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
     """GELU(x) = x * Phi(x) elementwise (any shape); ``approximate="tanh"`` uses the tanh formula."""
-    if approximate == "none":  # in place, as erfc works (Appendix A6): x * erfc(-x / sqrt 2) / 2
+    if (
+        approximate == "none"
+    ):  # in place, as erfc works (Appendix A6): x * erfc(-x / sqrt 2) / 2
         y = erfc(x * -math.sqrt(0.5))
         y *= x
         y *= 0.5
         return y
     if approximate == "tanh":  # x * x * x: x**3 is slow in float32
-        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+        return (
+            0.5
+            * x
+            * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+        )
     raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
 # notebooks/09_numpy_vit.ipynb, cell 35
-def ffn(x: np.ndarray, c_fc: dict, c_proj: dict, approximate: str = "none") -> np.ndarray:
+def ffn(
+    x: np.ndarray, c_fc: dict, c_proj: dict, approximate: str = "none"
+) -> np.ndarray:
     """The block's MLP, linear -> GELU -> linear: x (T, D) -> (T, M) -> (T, D)."""
     return linear(gelu(linear(x, **c_fc), approximate), **c_proj)
 
 
 # notebooks/09_numpy_vit.ipynb, cell 38
-def transformer_block(x: np.ndarray, mlp: dict, attn: dict, ln_1: dict, ln_2: dict, n_head: int) -> np.ndarray:
+def transformer_block(
+    x: np.ndarray, mlp: dict, attn: dict, ln_1: dict, ln_2: dict, n_head: int
+) -> np.ndarray:
     """One pre-norm encoder block (Equations 2 and 3): z_{l-1} (T, D) -> z_l (T, D)."""
     x = x + mha(layer_norm(x, **ln_1), **attn, n_head=n_head)  # z'_l
     return x + ffn(layer_norm(x, **ln_2), **mlp)  # z_l
@@ -184,7 +234,11 @@ def vit(
     x = vit_embeddings(inputs, **embeddings)  # z_0 (T, D)
     for block in encoder_blocks:
         x = transformer_block(x, **block, n_head=n_head)  # z_l (T, D)
-    y = layer_norm(x[0], **ln_f) if global_pool == "token" else layer_norm(x[1:], **ln_f).mean(axis=0)  # y: (D,)
+    y = (
+        layer_norm(x[0], **ln_f)
+        if global_pool == "token"
+        else layer_norm(x[1:], **ln_f).mean(axis=0)
+    )  # y: (D,)
     if pre_logits is not None:
         y = np.tanh(linear(y, **pre_logits))
     return y if classifier is None else linear(y, **classifier)  # (K,)
@@ -196,49 +250,81 @@ def load_hparams_and_params(path: str | os.PathLike | None = None) -> tuple[dict
     n_head=hparams["num_heads"])``: hparams is the model config, params the nested weights, linear ones (in, out)."""
     path = os.environ.get("VIT_MODEL_PATH") if path is None else path
     if not path:
-        raise ValueError("no checkpoint given: pass path= or set the VIT_MODEL_PATH environment variable")
-    document, state = read_checkpoint(path)  # validated: format, version, the model keys every reader needs
+        raise ValueError(
+            "no checkpoint given: pass path= or set the VIT_MODEL_PATH environment variable"
+        )
+    document, state = read_checkpoint(
+        path
+    )  # validated: format, version, the model keys every reader needs
     hparams = document["model"]
     if hparams.get("conv_stem"):
-        raise NotImplementedError(f"{path}: conv_stem=True checkpoints are not supported by the NumPy forward pass")
-    state = dict(state)  # tensor() takes each one out; what is left at the end is unused
+        raise NotImplementedError(
+            f"{path}: conv_stem=True checkpoints are not supported by the NumPy forward pass"
+        )
+    state = dict(
+        state
+    )  # tensor() takes each one out; what is left at the end is unused
 
     def tensor(name: str) -> np.ndarray:
         if name not in state:
-            raise ValueError(f"{path}: the weights have no tensor {name!r}, which the model config requires")
+            raise ValueError(
+                f"{path}: the weights have no tensor {name!r}, which the model config requires"
+            )
         return state.pop(name)
 
     def dense(prefix: str, bias: bool = True) -> dict:
         w = tensor(f"{prefix}.weight").T
-        return {"w": w, "b": tensor(f"{prefix}.bias") if bias else np.zeros(w.shape[1], w.dtype)}
+        return {
+            "w": w,
+            "b": tensor(f"{prefix}.bias") if bias else np.zeros(w.shape[1], w.dtype),
+        }
 
     def norm(prefix: str) -> dict:
         eps = float(hparams.get("layer_norm_eps", 1e-6))
-        return {"g": tensor(f"{prefix}.weight"), "b": tensor(f"{prefix}.bias"), "eps": eps}
+        return {
+            "g": tensor(f"{prefix}.weight"),
+            "b": tensor(f"{prefix}.bias"),
+            "eps": eps,
+        }
 
     def block(i: int) -> dict:
-        mlp = {"c_fc": dense(f"blocks.{i}.mlp.fc1"), "c_proj": dense(f"blocks.{i}.mlp.fc2")}
+        mlp = {
+            "c_fc": dense(f"blocks.{i}.mlp.fc1"),
+            "c_proj": dense(f"blocks.{i}.mlp.fc2"),
+        }
         mlp["approximate"] = hparams.get("gelu_approximate", "none")
         qkv = dense(f"blocks.{i}.msa.qkv", hparams.get("qkv_bias", True))
         attn = {"c_attn": qkv, "c_proj": dense(f"blocks.{i}.msa.proj")}
-        return {"mlp": mlp, "attn": attn, "ln_1": norm(f"blocks.{i}.ln_1"), "ln_2": norm(f"blocks.{i}.ln_2")}
+        return {
+            "mlp": mlp,
+            "attn": attn,
+            "ln_1": norm(f"blocks.{i}.ln_1"),
+            "ln_2": norm(f"blocks.{i}.ln_2"),
+        }
 
     params = {
         "embeddings": {
             "cls_token": tensor("class_token")[0],  # (1, D)
             "position_embeddings": tensor("position_embedding")[0],  # (T, D)
-            "conv_proj": {"w": tensor("patch_embedding.proj.weight"), "b": tensor("patch_embedding.proj.bias")},
+            "conv_proj": {
+                "w": tensor("patch_embedding.proj.weight"),
+                "b": tensor("patch_embedding.proj.bias"),
+            },
             "config_image_size": _pair(hparams["img_size"], "img_size"),
         },
         "encoder_blocks": [block(i) for i in range(int(hparams["depth"]))],
         "ln_f": norm("ln"),
-        "classifier": dense("head") if hparams.get("num_classes", 1) else None,  # num_classes=0: no head
+        "classifier": dense("head")
+        if hparams.get("num_classes", 1)
+        else None,  # num_classes=0: no head
         "global_pool": hparams.get("global_pool", "token"),
     }
     if hparams.get("representation_size"):
         params["pre_logits"] = dense("pre_logits.fc")
     if state:
-        raise ValueError(f"{path}: the weights hold tensors the model config does not use: {sorted(state)}")
+        raise ValueError(
+            f"{path}: the weights hold tensors the model config does not use: {sorted(state)}"
+        )
     return hparams, params
 
 
@@ -249,12 +335,18 @@ def _cubic_matrix(in_size: int, out_size: int) -> np.ndarray:
     src = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5  # s_i
     left = np.floor(src)
     t = src - left
-    d = np.stack([t + 1, t, 1 - t, 2 - t], axis=1)  # |distances| to the 4 taps, (out, 4)
+    d = np.stack(
+        [t + 1, t, 1 - t, 2 - t], axis=1
+    )  # |distances| to the 4 taps, (out, 4)
     near = ((a + 2) * d - (a + 3)) * d * d + 1  # W(d), |d| <= 1
     far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a  # W(d), 1 < |d| < 2
     taps = np.clip(left[:, None].astype(int) + np.arange(-1, 3), 0, in_size - 1)
     matrix = np.zeros((out_size, in_size))
-    np.add.at(matrix, (np.arange(out_size).repeat(4), taps.ravel()), np.where(d <= 1, near, far).ravel())
+    np.add.at(
+        matrix,
+        (np.arange(out_size).repeat(4), taps.ravel()),
+        np.where(d <= 1, near, far).ravel(),
+    )
     return matrix
 
 
@@ -274,18 +366,33 @@ def resize_bicubic(x: np.ndarray, new_height: int, new_width: int) -> np.ndarray
 
 
 # notebooks/09_numpy_vit.ipynb, cell 52
-def vit_interpolation(position_embeddings: np.ndarray, img_size, patch_size=16, config_image_size=224) -> np.ndarray:
+def vit_interpolation(
+    position_embeddings: np.ndarray, img_size, patch_size=16, config_image_size=224
+) -> np.ndarray:
     """E_pos (1 + h w, D) trained for ``config_image_size`` -> (1 + h' w', D) for ``img_size`` (ints or (H, W) pairs).
 
     Row 0, the class token's, is kept; the (h, w) grid of the others (sizes / patch size) is resized bicubically.
     """
     ph, pw = _pair(patch_size, "patch_size")
-    old, new = _pair(config_image_size, "config_image_size"), _pair(img_size, "img_size")
+    old, new = (
+        _pair(config_image_size, "config_image_size"),
+        _pair(img_size, "img_size"),
+    )
     if old[0] % ph or old[1] % pw or new[0] % ph or new[1] % pw:
-        raise ValueError(f"image sizes must be multiples of the patch size {(ph, pw)}, got {old} and {new}")
-    (old_h, old_w), (new_h, new_w) = (old[0] // ph, old[1] // pw), (new[0] // ph, new[1] // pw)
-    if position_embeddings.ndim != 2 or position_embeddings.shape[0] != 1 + old_h * old_w:
-        raise ValueError(f"expected E_pos of shape (1 + {old_h}*{old_w}, D), got {position_embeddings.shape}")
+        raise ValueError(
+            f"image sizes must be multiples of the patch size {(ph, pw)}, got {old} and {new}"
+        )
+    (old_h, old_w), (new_h, new_w) = (
+        (old[0] // ph, old[1] // pw),
+        (new[0] // ph, new[1] // pw),
+    )
+    if (
+        position_embeddings.ndim != 2
+        or position_embeddings.shape[0] != 1 + old_h * old_w
+    ):
+        raise ValueError(
+            f"expected E_pos of shape (1 + {old_h}*{old_w}, D), got {position_embeddings.shape}"
+        )
     if (new_h, new_w) == (old_h, old_w):
         return position_embeddings
     grid = position_embeddings[1:].reshape(old_h, old_w, -1)  # (h, w, D)

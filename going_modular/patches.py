@@ -19,22 +19,36 @@ __all__ = ["check_images", "patchify", "to_pair"]
 def to_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     """Return ``(h, w)`` from an int or a pair of positive ints; raise ValueError naming ``name``."""
     pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
+    if len(pair) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair
+    ):
+        raise ValueError(
+            f"{name} must be a positive int or a pair of positive ints, got {value!r}"
+        )
     return pair
 
 
-def check_images(images: torch.Tensor, in_channels: int | None, patch_size: tuple[int, int]) -> None:
+def check_images(
+    images: torch.Tensor, in_channels: int | None, patch_size: tuple[int, int]
+) -> None:
     """Raise unless ``images`` is (B, C, H, W) with C == in_channels (None: any) and H, W multiples of P."""
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+        raise TypeError(
+            f"expected a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}"
+        )
     if images.ndim != 4:
-        raise ValueError(f"expected a 4-D tensor (B, C, H, W), got {images.ndim}-D with shape {tuple(images.shape)}")
+        raise ValueError(
+            f"expected a 4-D tensor (B, C, H, W), got {images.ndim}-D with shape {tuple(images.shape)}"
+        )
     if in_channels is not None and images.shape[1] != in_channels:
-        raise ValueError(f"expected {in_channels} channels in (B, C, H, W), got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"expected {in_channels} channels in (B, C, H, W), got shape {tuple(images.shape)}"
+        )
     (h, w), (ph, pw) = images.shape[-2:], patch_size
     if h < ph or w < pw or h % ph or w % pw:
-        raise ValueError(f"height and width must be positive multiples of the patch size {ph}x{pw}, got {h}x{w}")
+        raise ValueError(
+            f"height and width must be positive multiples of the patch size {ph}x{pw}, got {h}x{w}"
+        )
 
 
 # notebooks/01_patches.ipynb, cell 15

@@ -55,19 +55,26 @@ def predict(
     return torch.cat(predictions), torch.cat(labels)
 
 
-def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def confusion_matrix(
+    predictions: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor:
     """(K, K) counts: row = true class, column = predicted class."""
     if predictions.shape != labels.shape or predictions.ndim != 1:
         raise ValueError(
             f"expected two 1-D tensors of equal length, got {tuple(predictions.shape)} and {tuple(labels.shape)}"
         )
     for name, values in (("predictions", predictions), ("labels", labels)):
-        if len(values) and not 0 <= int(values.min()) <= int(values.max()) < num_classes:
+        if (
+            len(values)
+            and not 0 <= int(values.min()) <= int(values.max()) < num_classes
+        ):
             raise ValueError(
                 f"{name} must lie in [0, {num_classes}), got values from {int(values.min())} to {int(values.max())}"
             )
     flat = labels.long() * num_classes + predictions.long()
-    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+    return torch.bincount(flat, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
 
 
 def plot_confusion_matrix(matrix: torch.Tensor, class_names: Sequence[str]) -> Figure:
@@ -119,8 +126,12 @@ def plot_predictions(
 ) -> Figure:
     """A grid of ``n`` random test images titled 'true / predicted', green when right, red when wrong."""
     if not 1 <= n <= len(dataset):
-        raise ValueError(f"n must be between 1 and the dataset size {len(dataset)}, got {n}")
-    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+        raise ValueError(
+            f"n must be between 1 and the dataset size {len(dataset)}, got {n}"
+        )
+    indices = torch.randperm(
+        len(dataset), generator=torch.Generator().manual_seed(seed)
+    )[:n].tolist()
     images = torch.stack([dataset[i][0] for i in indices])
     labels = [int(dataset[i][1]) for i in indices]
     model.eval().to(device)
@@ -128,14 +139,21 @@ def plot_predictions(
         predicted = model(images.to(device)).argmax(dim=1).tolist()
     cols = min(n, 8)
     fig, axes = plt.subplots(
-        (n + cols - 1) // cols, cols, figsize=(1.5 * cols, 1.7 * ((n + cols - 1) // cols)), squeeze=False
+        (n + cols - 1) // cols,
+        cols,
+        figsize=(1.5 * cols, 1.7 * ((n + cols - 1) // cols)),
+        squeeze=False,
     )
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, label, guess in zip(axes.flat, images, labels, predicted, strict=False):
+    for ax, image, label, guess in zip(
+        axes.flat, images, labels, predicted, strict=False
+    ):
         ax.imshow(to_displayable(image, preprocessing), cmap="gray")
         ax.set_title(
-            f"{class_names[label]} / {class_names[guess]}", fontsize=9, color="green" if label == guess else "red"
+            f"{class_names[label]} / {class_names[guess]}",
+            fontsize=9,
+            color="green" if label == guess else "red",
         )
     fig.suptitle("true / predicted")
     fig.tight_layout()
@@ -172,9 +190,14 @@ def plot_image_prediction(
     """One image as the model sees it, titled with the predicted class and its probability."""
     if isinstance(image, (str, Path)):
         image = read_image(image)
-    name, probabilities = predict_image(model, image, preprocessing, class_names, device=device)
+    name, probabilities = predict_image(
+        model, image, preprocessing, class_names, device=device
+    )
     fig, ax = plt.subplots(figsize=(3, 3.3))
-    ax.imshow(to_displayable(build_transform(preprocessing)(image), preprocessing), cmap="gray")
+    ax.imshow(
+        to_displayable(build_transform(preprocessing)(image), preprocessing),
+        cmap="gray",
+    )
     ax.set_title(f"predicted: {name} ({float(probabilities.max()):.1%})")
     ax.axis("off")
     return fig

@@ -54,10 +54,20 @@ TIMM_RULES: list[tuple[str, str]] = [
 class StateDictMismatchError(ValueError):
     """A state dict that does not fit the model: lists every missing, unexpected and mis-shaped key."""
 
-    def __init__(self, source: str, missing: list[str], unexpected: list[str], mismatched: list[str]) -> None:
+    def __init__(
+        self,
+        source: str,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: list[str],
+    ) -> None:
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
         lines = [f"the {source} state dict does not match this ViT's configuration:"]
-        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", mismatched)):
+        for title, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("wrong shapes", mismatched),
+        ):
             if keys:
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
         super().__init__("\n".join(lines))
@@ -75,7 +85,9 @@ def _rename(key: str, rules: list[tuple[str, str]], source: str) -> str:
 def _torchvision_name(key: str, model: ViT) -> str:
     """Our state-dict name -> torchvision's, including the layers of a convolutional stem."""
     if model.config.global_pool != "token":
-        raise ValueError("torchvision's ViT reads the class token; this model pools the patches (global_pool='avg')")
+        raise ValueError(
+            "torchvision's ViT reads the class token; this model pools the patches (global_pool='avg')"
+        )
     stem = re.match(r"patch_embedding\.proj\.(\d+)\.(.+)$", key)
     if stem is None:
         return _rename(key, TORCHVISION_RULES, "torchvision")
@@ -89,10 +101,17 @@ def _timm_name(key: str, model: ViT) -> str:
     return _rename(key, TIMM_RULES, "timm")
 
 
-def _load(model: ViT, state_dict: Mapping[str, torch.Tensor], name: Callable[[str, ViT], str], source: str) -> ViT:
+def _load(
+    model: ViT,
+    state_dict: Mapping[str, torch.Tensor],
+    name: Callable[[str, ViT], str],
+    source: str,
+) -> ViT:
     if not isinstance(state_dict, Mapping):
         hint = ": pass module.state_dict()" if isinstance(state_dict, nn.Module) else ""
-        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}{hint}")
+        raise TypeError(
+            f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}{hint}"
+        )
     own = model.state_dict()
     names = {ours: name(ours, model) for ours in own}
     theirs = set(names.values())
@@ -109,7 +128,9 @@ def _load(model: ViT, state_dict: Mapping[str, torch.Tensor], name: Callable[[st
     return model
 
 
-def load_torchvision_state_dict(model: ViT, state_dict: Mapping[str, torch.Tensor]) -> ViT:
+def load_torchvision_state_dict(
+    model: ViT, state_dict: Mapping[str, torch.Tensor]
+) -> ViT:
     """Copy a torchvision ``VisionTransformer`` state dict into ``model`` (same configuration); return it.
 
     Old torchvision checkpoints' ``mlp.linear_1``/``mlp.linear_2`` names are accepted too.
@@ -117,7 +138,9 @@ def load_torchvision_state_dict(model: ViT, state_dict: Mapping[str, torch.Tenso
     if isinstance(state_dict, Mapping):
         old = {"1": "0", "2": "3"}
         state_dict = {
-            re.sub(r"\.mlp\.linear_([12])\.", lambda m: f".mlp.{old[m.group(1)]}.", key): value
+            re.sub(
+                r"\.mlp\.linear_([12])\.", lambda m: f".mlp.{old[m.group(1)]}.", key
+            ): value
             for key, value in state_dict.items()
         }
     return _load(model, state_dict, _torchvision_name, "torchvision")
@@ -133,7 +156,10 @@ def load_timm_state_dict(model: ViT, state_dict: Mapping[str, torch.Tensor]) -> 
 
 def to_torchvision_state_dict(model: ViT) -> dict[str, torch.Tensor]:
     """``model``'s weights under torchvision's names, for ``VisionTransformer.load_state_dict``."""
-    return {_torchvision_name(key, model): value for key, value in model.state_dict().items()}
+    return {
+        _torchvision_name(key, model): value
+        for key, value in model.state_dict().items()
+    }
 
 
 def to_timm_state_dict(model: ViT) -> dict[str, torch.Tensor]:

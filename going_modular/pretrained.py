@@ -29,12 +29,24 @@ from going_modular.porting import load_timm_state_dict, load_torchvision_state_d
 from going_modular.variants import VIT_VARIANTS, create_vit, parse_variant
 from going_modular.vit import ViT, ViTConfig
 
-__all__ = ["ADJUSTABLE", "ImagePreprocessing", "TIMM_SIZES", "cache_dir", "load_pretrained"]
+__all__ = [
+    "ADJUSTABLE",
+    "ImagePreprocessing",
+    "TIMM_SIZES",
+    "cache_dir",
+    "load_pretrained",
+]
 
 
 # notebooks/A8_pretrained.ipynb, cell 4
 _log = logging.getLogger(__name__)
-ADJUSTABLE = ("img_size", "num_classes", "drop_rate", "attn_drop_rate", "drop_path_rate")  # the rest: the weights'
+ADJUSTABLE = (
+    "img_size",
+    "num_classes",
+    "drop_rate",
+    "attn_drop_rate",
+    "drop_path_rate",
+)  # the rest: the weights'
 TIMM_SIZES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
 
 
@@ -55,7 +67,11 @@ class ImagePreprocessing:
     def transform(self) -> v2.Compose:
         return v2.Compose(
             [
-                v2.Resize(self.resize_size, interpolation=v2.InterpolationMode(self.interpolation), antialias=True),
+                v2.Resize(
+                    self.resize_size,
+                    interpolation=v2.InterpolationMode(self.interpolation),
+                    antialias=True,
+                ),
                 v2.CenterCrop(self.crop_size),
                 v2.ToImage(),
                 v2.ToDtype(torch.float32, scale=True),
@@ -65,25 +81,35 @@ class ImagePreprocessing:
 
     def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
         if isinstance(image, np.ndarray):
-            image = Image.fromarray(image)  # resize as a PIL image, as torchvision's reference transforms do
+            image = Image.fromarray(
+                image
+            )  # resize as a PIL image, as torchvision's reference transforms do
         return self.transform(image)
 
     def at(self, crop_size: int) -> ImagePreprocessing:
         """The same preprocessing for another input size, the resize scaled with the crop."""
         if isinstance(self.resize_size, int):
-            resize: int | tuple[int, int] = round(self.resize_size * crop_size / self.crop_size)
+            resize: int | tuple[int, int] = round(
+                self.resize_size * crop_size / self.crop_size
+            )
         else:
             resize = (crop_size, crop_size)
-        return ImagePreprocessing(resize, crop_size, self.interpolation, self.mean, self.std)
+        return ImagePreprocessing(
+            resize, crop_size, self.interpolation, self.mean, self.std
+        )
 
 
 # notebooks/A8_pretrained.ipynb, cell 8
 def cache_dir() -> Path:
     """Where downloaded JAX checkpoints are kept: ``$GOING_MODULAR_CACHE``, else ``~/.cache/going_modular``."""
-    return Path(os.environ.get("GOING_MODULAR_CACHE", Path.home() / ".cache" / "going_modular"))
+    return Path(
+        os.environ.get("GOING_MODULAR_CACHE", Path.home() / ".cache" / "going_modular")
+    )
 
 
-def _need_download(what: str, url: str, into: str | Path, reason: object) -> DownloadError:
+def _need_download(
+    what: str, url: str, into: str | Path, reason: object
+) -> DownloadError:
     """The error for a failed download: what is needed, from where, into which file, and why it failed."""
     return DownloadError(
         f"{what} need a download from {url} into {into}, which failed ({reason}). "
@@ -91,7 +117,9 @@ def _need_download(what: str, url: str, into: str | Path, reason: object) -> Dow
     )
 
 
-def _fetch(url: str, path: Path, *, what: str, timeout: float, sha256_prefix: str | None = None) -> Path:
+def _fetch(
+    url: str, path: Path, *, what: str, timeout: float, sha256_prefix: str | None = None
+) -> Path:
     """``path`` when it exists, else ``url`` downloaded there by torch.hub; a failure says that a download is needed."""
     if path.is_file():
         return path
@@ -102,14 +130,18 @@ def _fetch(url: str, path: Path, *, what: str, timeout: float, sha256_prefix: st
 
 
 # notebooks/A8_pretrained.ipynb, cell 10
-def _torchvision(size: str, patch: int, tag: str, timeout: float) -> tuple[dict, dict, ImagePreprocessing]:
+def _torchvision(
+    size: str, patch: int, tag: str, timeout: float
+) -> tuple[dict, dict, ImagePreprocessing]:
     builder = f"vit_{size.lower()}_{patch}"
     try:
         options = torchvision.models.get_model_weights(builder)
     except ValueError:
         raise ValueError(f"torchvision has no weights for ViT-{size}/{patch}") from None
     if tag not in options.__members__:
-        raise ValueError(f"torchvision's {builder} has no weights {tag!r}; it has {list(options.__members__)}")
+        raise ValueError(
+            f"torchvision's {builder} has no weights {tag!r}; it has {list(options.__members__)}"
+        )
     weights, reference = options[tag], options[tag].transforms()
     preprocessing = ImagePreprocessing(
         reference.resize_size[0],
@@ -118,53 +150,109 @@ def _torchvision(size: str, patch: int, tag: str, timeout: float) -> tuple[dict,
         tuple(reference.mean),
         tuple(reference.std),
     )
-    config = dict(img_size=reference.crop_size[0], num_classes=len(weights.meta["categories"]))
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name  # torchvision's own cache
-    digest = torch.hub.HASH_REGEX.search(path.name)  # the SHA-256 prefix in the name, as torch.hub's check_hash
+    config = dict(
+        img_size=reference.crop_size[0], num_classes=len(weights.meta["categories"])
+    )
+    path = (
+        Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    )  # torchvision's own cache
+    digest = torch.hub.HASH_REGEX.search(
+        path.name
+    )  # the SHA-256 prefix in the name, as torch.hub's check_hash
     what = f"torchvision's {builder} {weights.name} weights"
-    path = _fetch(weights.url, path, what=what, timeout=timeout, sha256_prefix=digest and digest.group(1))
-    return config, torch.load(path, map_location="cpu", weights_only=True), preprocessing
+    path = _fetch(
+        weights.url,
+        path,
+        what=what,
+        timeout=timeout,
+        sha256_prefix=digest and digest.group(1),
+    )
+    return (
+        config,
+        torch.load(path, map_location="cpu", weights_only=True),
+        preprocessing,
+    )
 
 
-def _timm(size: str, patch: int, name: str, timeout: float) -> tuple[dict, dict, ImagePreprocessing]:
+def _timm(
+    size: str, patch: int, name: str, timeout: float
+) -> tuple[dict, dict, ImagePreprocessing]:
     try:
         import timm  # optional: only this source needs it (and brings huggingface_hub)
         from huggingface_hub import constants, hf_hub_download, hf_hub_url
     except ImportError:
-        raise ImportError(f"timm weights ({name!r}) need timm for their metadata: pip install timm") from None
+        raise ImportError(
+            f"timm weights ({name!r}) need timm for their metadata: pip install timm"
+        ) from None
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError as err:  # an unknown tag
         raise ValueError(str(err)) from None
     expected = {value: key for key, value in TIMM_SIZES.items()}.get(size)
-    if cfg is None or expected is None or not re.fullmatch(rf"vit_{expected}_patch{patch}_\d+", cfg.architecture):
-        raise ValueError(f"{name!r} is not a timm name of ViT-{size}/{patch} weights (vit_{expected}_patch{patch}_*)")
+    if (
+        cfg is None
+        or expected is None
+        or not re.fullmatch(rf"vit_{expected}_patch{patch}_\d+", cfg.architecture)
+    ):
+        raise ValueError(
+            f"{name!r} is not a timm name of ViT-{size}/{patch} weights (vit_{expected}_patch{patch}_*)"
+        )
     crop = cfg.input_size[-1]
-    preprocessing = ImagePreprocessing(math.floor(crop / cfg.crop_pct), crop, cfg.interpolation, cfg.mean, cfg.std)
+    preprocessing = ImagePreprocessing(
+        math.floor(crop / cfg.crop_pct), crop, cfg.interpolation, cfg.mean, cfg.std
+    )
     try:
         path = hf_hub_download(cfg.hf_hub_id, "model.safetensors", etag_timeout=timeout)
-    except OSError as err:  # huggingface_hub's errors, offline mode's included, are OSErrors
+    except (
+        OSError
+    ) as err:  # huggingface_hub's errors, offline mode's included, are OSErrors
         reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else err
         url = hf_hub_url(cfg.hf_hub_id, "model.safetensors")
         raise _need_download(
-            f"timm's {name} weights", url, f"the Hugging Face cache {constants.HF_HUB_CACHE}", reason
+            f"timm's {name} weights",
+            url,
+            f"the Hugging Face cache {constants.HF_HUB_CACHE}",
+            reason,
         ) from err
-    state_dict = {key: torch.from_numpy(array.copy()) for key, array in read_safetensors(path).items()}
+    state_dict = {
+        key: torch.from_numpy(array.copy())
+        for key, array in read_safetensors(path).items()
+    }
     return dict(img_size=crop, num_classes=cfg.num_classes), state_dict, preprocessing
 
 
-def _jax(size: str, patch: int, source: str, timeout: float) -> tuple[ViTConfig, Path, ImagePreprocessing]:
+def _jax(
+    size: str, patch: int, source: str, timeout: float
+) -> tuple[ViTConfig, Path, ImagePreprocessing]:
     path = Path(source)
     if source.startswith(("http://", "https://")):
-        path = _fetch(source, cache_dir() / "jax" / Path(source).name, what=f"{Path(source).name}", timeout=timeout)
+        path = _fetch(
+            source,
+            cache_dir() / "jax" / Path(source).name,
+            what=f"{Path(source).name}",
+            timeout=timeout,
+        )
     config = jax_npz_config(path)
     wanted = {**VIT_VARIANTS[size], "patch_size": patch}
-    differs = {key: getattr(config, key) for key in wanted if getattr(config, key) != wanted[key]}
+    differs = {
+        key: getattr(config, key)
+        for key in wanted
+        if getattr(config, key) != wanted[key]
+    }
     if differs:
-        raise ValueError(f"{path} holds another architecture than ViT-{size}/{patch}: {differs}")
+        raise ValueError(
+            f"{path} holds another architecture than ViT-{size}/{patch}: {differs}"
+        )
     img = config.img_size
-    _log.warning("%s: the original JAX checkpoints use the tanh GELU; so does this model", path.name)
-    return config, path, ImagePreprocessing((img, img), img, "bilinear", (0.5,) * 3, (0.5,) * 3)
+    _log.warning(
+        "%s: the original JAX checkpoints use the tanh GELU; so does this model",
+        path.name,
+    )
+    return (
+        config,
+        path,
+        ImagePreprocessing((img, img), img, "bilinear", (0.5,) * 3, (0.5,) * 3),
+    )
 
 
 # notebooks/A8_pretrained.ipynb, cell 12
@@ -181,7 +269,9 @@ def load_pretrained(
     size, patch = parse_variant(name)
     fixed = sorted(set(overrides) - set(ADJUSTABLE))
     if fixed:
-        raise ValueError(f"pretrained weights fix {fixed}; only {list(ADJUSTABLE)} can be set")
+        raise ValueError(
+            f"pretrained weights fix {fixed}; only {list(ADJUSTABLE)} can be set"
+        )
     if not isinstance(overrides.get("img_size", 0), int):
         raise ValueError(
             f"img_size must be an int (square images) for pretrained weights, got {overrides['img_size']!r}"
@@ -189,13 +279,23 @@ def load_pretrained(
     weights = str(weights)
     rates = {key: overrides[key] for key in ADJUSTABLE[2:] if key in overrides}
     if weights == "torchvision" or weights.startswith("torchvision:"):
-        fields, state_dict, preprocessing = _torchvision(size, patch, weights.partition(":")[2] or "DEFAULT", timeout)
-        model = load_torchvision_state_dict(create_vit(name, **fields, **rates), state_dict)
+        fields, state_dict, preprocessing = _torchvision(
+            size, patch, weights.partition(":")[2] or "DEFAULT", timeout
+        )
+        model = load_torchvision_state_dict(
+            create_vit(name, **fields, **rates), state_dict
+        )
     elif weights.endswith(".npz"):
         config, path, preprocessing = _jax(size, patch, weights, timeout)
         model = load_jax_npz(ViT(config, **rates), path)
     else:
-        fields, state_dict, preprocessing = _timm(size, patch, weights.removeprefix("timm:"), timeout)
+        fields, state_dict, preprocessing = _timm(
+            size, patch, weights.removeprefix("timm:"), timeout
+        )
         model = load_timm_state_dict(create_vit(name, **fields, **rates), state_dict)
-    adapt(model, img_size=overrides.get("img_size"), num_classes=overrides.get("num_classes"))
+    adapt(
+        model,
+        img_size=overrides.get("img_size"),
+        num_classes=overrides.get("num_classes"),
+    )
     return model.eval(), preprocessing.at(model.config.img_size)

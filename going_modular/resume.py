@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from going_modular.distributed import any_process, gather_objects, is_main_process, wait_for_all, world
+from going_modular.distributed import (
+    any_process,
+    gather_objects,
+    is_main_process,
+    wait_for_all,
+    world,
+)
 from going_modular.engine import TrainingHooks
 from going_modular.files import atomic_write
 
@@ -57,7 +63,9 @@ def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None
     """Put every generator back into the ``state`` that ``rng_state`` returned."""
     random.setstate(state["python"])
     kind, key, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.array(key, dtype=np.uint32), position, has_gauss, gauss))
+    np.random.set_state(
+        (kind, np.array(key, dtype=np.uint32), position, has_gauss, gauss)
+    )
     torch.set_rng_state(state["torch"])
     for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
         torch.cuda.set_rng_state(cuda_state, index)
@@ -69,7 +77,8 @@ def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None
 def state_dicts(*, epoch: int, history: dict[str, list[float]], **parts) -> dict:
     """A training state: ``epoch``, ``history`` and each part's ``state_dict()`` (a part that is None stays None)."""
     return {"epoch": epoch, "history": history} | {
-        name: None if part is None else part.state_dict() for name, part in parts.items()
+        name: None if part is None else part.state_dict()
+        for name, part in parts.items()
     }
 
 
@@ -77,7 +86,9 @@ def load_state_dicts(state: dict, **parts) -> dict[str, list[float]]:
     """Load each part's state dict from a training ``state``; return a copy of its history."""
     for name, part in parts.items():
         if (part is None) != (state.get(name) is None):
-            raise TrainingStateError(f"the training state {'has' if part is None else 'has no'} {name} state")
+            raise TrainingStateError(
+                f"the training state {'has' if part is None else 'has no'} {name} state"
+            )
         if part is not None:
             part.load_state_dict(state[name])
     return {key: list(values) for key, values in state["history"].items()}
@@ -118,7 +129,16 @@ def resumable(
 TRAINING_STATE_FILE = "training_state.pt"
 STATE_FORMAT = "going_modular.training_state"
 STATE_VERSION = 1
-STATE_KEYS = ("settings", "rng", "epoch", "history", "model", "optimizer", "scheduler", "scaler")
+STATE_KEYS = (
+    "settings",
+    "rng",
+    "epoch",
+    "history",
+    "model",
+    "optimizer",
+    "scheduler",
+    "scaler",
+)
 
 
 class TrainingStateError(ValueError):
@@ -126,7 +146,11 @@ class TrainingStateError(ValueError):
 
 
 def save_training_state(
-    path: str | Path, state: dict, *, settings: dict, generator: torch.Generator | None = None
+    path: str | Path,
+    state: dict,
+    *,
+    settings: dict,
+    generator: torch.Generator | None = None,
 ) -> Path:
     """Write ``state`` (``state_dicts``), the run's ``settings`` and every process's generators to ``path``.
 
@@ -135,7 +159,12 @@ def save_training_state(
     path = Path(path)
     generators = gather_objects(rng_state(generator))  # one per process, by rank
     if is_main_process():
-        document = {"format": STATE_FORMAT, "version": STATE_VERSION, "settings": settings, "rng": generators}
+        document = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "settings": settings,
+            "rng": generators,
+        }
         with atomic_write(path) as tmp:
             torch.save(document | state, tmp)
     wait_for_all()
@@ -150,19 +179,33 @@ def read_training_state(path: str | Path) -> dict:
     try:
         document = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise TrainingStateError(f"{path} is not a readable training state: {err}") from err
+        raise TrainingStateError(
+            f"{path} is not a readable training state: {err}"
+        ) from err
     if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
-        found = document.get("format") if isinstance(document, dict) else type(document).__name__
-        raise TrainingStateError(f"{path} is not a {STATE_FORMAT!r} file: its format is {found!r}")
+        found = (
+            document.get("format")
+            if isinstance(document, dict)
+            else type(document).__name__
+        )
+        raise TrainingStateError(
+            f"{path} is not a {STATE_FORMAT!r} file: its format is {found!r}"
+        )
     if document.get("version") != STATE_VERSION:
-        raise TrainingStateError(f"{path} has version {document.get('version')!r}; this reader knows {STATE_VERSION}")
+        raise TrainingStateError(
+            f"{path} has version {document.get('version')!r}; this reader knows {STATE_VERSION}"
+        )
     missing = [key for key in STATE_KEYS if key not in document]
     if missing:
-        raise TrainingStateError(f"{path} lacks the parts {missing} of a training state")
+        raise TrainingStateError(
+            f"{path} lacks the parts {missing} of a training state"
+        )
     return document
 
 
-def settings_differences(saved: dict, current: dict, *, ignore: Sequence[str] = ()) -> list[str]:
+def settings_differences(
+    saved: dict, current: dict, *, ignore: Sequence[str] = ()
+) -> list[str]:
     """One line per setting whose value differs between ``saved`` and ``current``, except those in ``ignore``."""
     return [
         f"{key}: saved {saved.get(key)!r}, now {current.get(key)!r}"
@@ -188,7 +231,9 @@ class StopRequest:
     main thread, where Python cannot handle signals, it changes nothing.
     """
 
-    def __init__(self, signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM)) -> None:
+    def __init__(
+        self, signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM)
+    ) -> None:
         self.signals, self.requested, self._previous = tuple(signals), False, {}
 
     def _handle(self, signum: int, frame: object) -> None:
@@ -197,8 +242,12 @@ class StopRequest:
         self.requested = True
 
     def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():  # the only thread Python runs handlers in
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.signals}
+        if (
+            threading.current_thread() is threading.main_thread()
+        ):  # the only thread Python runs handlers in
+            self._previous = {
+                sig: signal.signal(sig, self._handle) for sig in self.signals
+            }
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -219,7 +268,9 @@ class StoppableLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __getattr__(self, name: str) -> object:  # sampler, dataset, batch_size, ... of the loader
+    def __getattr__(
+        self, name: str
+    ) -> object:  # sampler, dataset, batch_size, ... of the loader
         return getattr(self.loader, name)
 
     def __iter__(self) -> Iterator:

@@ -32,13 +32,25 @@ def stream_seed(*key: int) -> int:
 def get_device(name: str = "auto") -> torch.device:
     """``'auto'`` picks cuda, then mps, then cpu; an explicit name must be available here."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
+            else "cpu"
+        )
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}") from err
+        raise ValueError(
+            f"expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}"
+        ) from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but torch.cuda.is_available() is False")
+        raise ValueError(
+            f"device {name!r} requested but torch.cuda.is_available() is False"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} requested but torch.backends.mps.is_available() is False")
+        raise ValueError(
+            f"device {name!r} requested but torch.backends.mps.is_available() is False"
+        )
     return device

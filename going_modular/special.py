@@ -22,7 +22,9 @@ def erfc(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind != "f":
         raise TypeError(f"expected an array of floats, got dtype {x.dtype}")
-    z = np.abs(x.reshape(-1))  # 1-D: a 0-d result would be a scalar, which has no place to work in
+    z = np.abs(
+        x.reshape(-1)
+    )  # 1-D: a 0-d result would be a scalar, which has no place to work in
     # From here on every step works in place: a new array costs more than the arithmetic on it.
     t = z * 0.5
     t += 1.0

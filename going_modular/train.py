@@ -25,11 +25,23 @@ from going_modular.engine import AMP_DTYPES, NonFiniteLossError, default_warmup_
 from going_modular.files import DownloadError
 from going_modular.finetune import pretrained_config
 from going_modular.runtime import get_device
-from going_modular.training import EXECUTION_FIELDS, TrainConfig, fit, prepare, save_outputs
+from going_modular.training import (
+    EXECUTION_FIELDS,
+    TrainConfig,
+    fit,
+    prepare,
+    save_outputs,
+)
 from going_modular.variants import VIT_VARIANTS
 from going_modular.vit import ViTConfig
 
-__all__ = ["build_parser", "config_from_args", "main", "resume_command", "train_and_report"]
+__all__ = [
+    "build_parser",
+    "config_from_args",
+    "main",
+    "resume_command",
+    "train_and_report",
+]
 
 
 # notebooks/A4_command_line.ipynb, cell 5
@@ -42,10 +54,18 @@ def _number(
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if value < low or (value == low and not low_inclusive) or (high is not None and value >= high):
+            raise argparse.ArgumentTypeError(
+                f"expected {kind.__name__}, got {text!r}"
+            ) from None
+        if (
+            value < low
+            or (value == low and not low_inclusive)
+            or (high is not None and value >= high)
+        ):
             interval = f"{'[' if low_inclusive else '('}{low}, {high if high is not None else 'inf'})"
-            raise argparse.ArgumentTypeError(f"expected a value in {interval}, got {text}")
+            raise argparse.ArgumentTypeError(
+                f"expected a value in {interval}, got {text}"
+            )
         return value
 
     return parse
@@ -55,7 +75,11 @@ class _DefaultOnce(argparse.ArgumentDefaultsHelpFormatter):
     """Append '(default: X)' unless the help already states the default, or there is none (None, a switch off)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if "(default" in (action.help or "") or action.default is None or action.default is False:
+        if (
+            "(default" in (action.help or "")
+            or action.default is None
+            or action.default is False
+        ):
             return action.help
         return super()._get_help_string(action)
 
@@ -83,11 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="input size in pixels (default: the --pretrained model's, else 8 for digits, 32 for textures "
         "and cifar10, 224 for folders)",
     )
-    data.add_argument("--batch-size", type=_number(int, 1), default=64, help="images per step, over all processes")
     data.add_argument(
-        "--num-workers", type=_number(int, 0), help="DataLoader processes (default: 0 in memory, up to 4 for files)"
+        "--batch-size",
+        type=_number(int, 1),
+        default=64,
+        help="images per step, over all processes",
     )
-    data.add_argument("--timeout", type=_number(float, 0, False), default=10.0, help="seconds per network wait")
+    data.add_argument(
+        "--num-workers",
+        type=_number(int, 0),
+        help="DataLoader processes (default: 0 in memory, up to 4 for files)",
+    )
+    data.add_argument(
+        "--timeout",
+        type=_number(float, 0, False),
+        default=10.0,
+        help="seconds per network wait",
+    )
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
@@ -113,9 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune (§3.2) a going_modular checkpoint folder or an original JAX .npz: another --image-size "
         "resizes E_pos in 2-D, another number of classes gets a new zero-initialised head",
     )
-    model.add_argument("--dropout", type=_number(float, 0, True, 1), default=0.0, help="dropout rate")
+    model.add_argument(
+        "--dropout", type=_number(float, 0, True, 1), default=0.0, help="dropout rate"
+    )
     optim = parser.add_argument_group("training (the paper's Table 3, scaled down)")
-    optim.add_argument("--epochs", type=_number(int, 1), default=20, help="passes over the training set")
+    optim.add_argument(
+        "--epochs",
+        type=_number(int, 1),
+        default=20,
+        help="passes over the training set",
+    )
     optim.add_argument(
         "--optimizer",
         choices=("adamw", "sgd"),
@@ -124,43 +167,109 @@ def build_parser() -> argparse.ArgumentParser:
         "fine-tuning recipe: no weight decay, cosine decay, clipping at 1",
     )
     optim.add_argument(
-        "--lr", type=_number(float, 0, False), help="peak learning rate (default: 2e-3 for adamw, 0.01 for sgd)"
+        "--lr",
+        type=_number(float, 0, False),
+        help="peak learning rate (default: 2e-3 for adamw, 0.01 for sgd)",
     )
-    optim.add_argument("--momentum", type=_number(float, 0, True, 1), default=0.9, help="SGD momentum")
     optim.add_argument(
-        "--weight-decay", type=_number(float, 0), help="decoupled weight decay (default: 0.05 for adamw, 0 for sgd)"
+        "--momentum", type=_number(float, 0, True, 1), default=0.9, help="SGD momentum"
+    )
+    optim.add_argument(
+        "--weight-decay",
+        type=_number(float, 0),
+        help="decoupled weight decay (default: 0.05 for adamw, 0 for sgd)",
     )
     optim.add_argument(
         "--warmup-steps",
         type=_number(int, 0),
         help="linear warm-up steps (default: min(100, 10%% of the training steps))",
     )
-    optim.add_argument("--decay", choices=("cosine", "linear"), default="cosine", help="decay after warm-up")
-    optim.add_argument("--label-smoothing", type=_number(float, 0, True, 1), default=0.0, help="label smoothing")
-    optim.add_argument("--clip-norm", type=_number(float, 0, False), default=1.0, help="gradient clipping norm")
-    run = parser.add_argument_group("run")
-    run.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the split, initialisation and shuffling")
-    run.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    run.add_argument(
-        "--threads", type=_number(int, 1), help="CPU threads for PyTorch (default: PyTorch's; 1 suits Micro)"
+    optim.add_argument(
+        "--decay",
+        choices=("cosine", "linear"),
+        default="cosine",
+        help="decay after warm-up",
     )
-    run.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="mixed precision: bf16, or fp16 on CUDA")
-    run.add_argument("--compile", action="store_true", help="run the training steps through torch.compile")
-    run.add_argument("--output", type=Path, default=Path("runs/vit"), help="folder for the checkpoint, metrics, plot")
-    run.add_argument("--no-progress", action="store_true", help="hide the progress bars and per-epoch lines")
-    run.add_argument("--resume", action="store_true", help="continue the run in --output from its last saved epoch")
+    optim.add_argument(
+        "--label-smoothing",
+        type=_number(float, 0, True, 1),
+        default=0.0,
+        help="label smoothing",
+    )
+    optim.add_argument(
+        "--clip-norm",
+        type=_number(float, 0, False),
+        default=1.0,
+        help="gradient clipping norm",
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--seed",
+        type=_number(int, 0),
+        default=0,
+        help="seed of the split, initialisation and shuffling",
+    )
+    run.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
+    )
+    run.add_argument(
+        "--threads",
+        type=_number(int, 1),
+        help="CPU threads for PyTorch (default: PyTorch's; 1 suits Micro)",
+    )
+    run.add_argument(
+        "--amp",
+        choices=list(AMP_DTYPES),
+        default="none",
+        help="mixed precision: bf16, or fp16 on CUDA",
+    )
+    run.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the training steps through torch.compile",
+    )
+    run.add_argument(
+        "--output",
+        type=Path,
+        default=Path("runs/vit"),
+        help="folder for the checkpoint, metrics, plot",
+    )
+    run.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bars and per-epoch lines",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output from its last saved epoch",
+    )
     return parser
 
 
 # notebooks/A4_command_line.ipynb, cell 8
 def config_from_args(
-    args: argparse.Namespace, *, device: torch.device, pretrained: ViTConfig | None = None
+    args: argparse.Namespace,
+    *,
+    device: torch.device,
+    pretrained: ViTConfig | None = None,
 ) -> TrainConfig:
     """The run the flags describe, on ``device``; the image and patch size default to the ``pretrained`` model's."""
-    flags = {name: value for name, value in vars(args).items() if name in {field.name for field in fields(TrainConfig)}}
+    flags = {
+        name: value
+        for name, value in vars(args).items()
+        if name in {field.name for field in fields(TrainConfig)}
+    }
     if pretrained is not None:
-        flags |= dict(img_size=args.img_size or pretrained.img_size, patch_size=pretrained.patch_size)
-    return TrainConfig(**flags | dict(device=str(device), progress=not args.no_progress))
+        flags |= dict(
+            img_size=args.img_size or pretrained.img_size,
+            patch_size=pretrained.patch_size,
+        )
+    return TrainConfig(
+        **flags | dict(device=str(device), progress=not args.no_progress)
+    )
 
 
 # notebooks/A4_command_line.ipynb, cell 9
@@ -176,14 +285,19 @@ def resume_command(argv: Sequence[str]) -> str:
     if processes == 1:
         launcher = "vit-train"
     elif local == str(processes):
-        launcher = f"torchrun --standalone --nproc_per_node={local} -m going_modular.train"
+        launcher = (
+            f"torchrun --standalone --nproc_per_node={local} -m going_modular.train"
+        )
     else:
         launcher = "torchrun <the same torchrun options> -m going_modular.train"
     return f"{launcher} {shlex.join([*argv, *([] if '--resume' in argv else ['--resume'])])}"
 
 
 def train_and_report(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str], config: TrainConfig
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    argv: list[str],
+    config: TrainConfig,
 ) -> int:
     """Train, or resume, the run of ``config`` on this process; report it, write its outputs; the exit status."""
     settings = asdict(config) | {"processes": distributed.world()[1]}
@@ -193,22 +307,35 @@ def train_and_report(
             saved = resume.read_training_state(state_file)
         except (FileNotFoundError, resume.TrainingStateError) as err:
             parser.error(f"--resume: {err}")
-        differences = resume.settings_differences(saved["settings"], settings, ignore=EXECUTION_FIELDS)
+        differences = resume.settings_differences(
+            saved["settings"], settings, ignore=EXECUTION_FIELDS
+        )
         if differences:
-            parser.error(f"--resume: {state_file} was saved with other settings:\n  " + "\n  ".join(differences))
+            parser.error(
+                f"--resume: {state_file} was saved with other settings:\n  "
+                + "\n  ".join(differences)
+            )
     last_saved = 0 if saved is None else saved["epoch"]
     try:
         run = prepare(config)
         total_steps = config.epochs * len(run.train_loader)
         if config.warmup_steps is not None and config.warmup_steps >= total_steps:
-            parser.error(f"--warmup-steps {config.warmup_steps} must be below the {total_steps} training steps")
+            parser.error(
+                f"--warmup-steps {config.warmup_steps} must be below the {total_steps} training steps"
+            )
         data, size = run.data, config.img_size
         _say(
             f"data: {config.dataset} | {len(data.train)} train / {len(data.test)} test images | "
             f"{len(data.class_names)} classes | {size}x{size} px"
         )
-        name = f"pretrained {config.pretrained}" if config.pretrained else f"ViT-{config.model}/{config.patch_size}"
-        _say(f"model: {name} | {sum(p.numel() for p in run.model.parameters()):,} parameters")
+        name = (
+            f"pretrained {config.pretrained}"
+            if config.pretrained
+            else f"ViT-{config.model}/{config.patch_size}"
+        )
+        _say(
+            f"model: {name} | {sum(p.numel() for p in run.model.parameters()):,} parameters"
+        )
         _say(
             f"training: {config.epochs} epochs x {len(run.train_loader)} steps | {config.optimizer} lr {config.lr} | "
             f"device {config.device} | amp {config.amp} | {distributed.world()[1]} process(es)"
@@ -217,29 +344,59 @@ def train_and_report(
 
         def save(state: dict) -> None:
             nonlocal last_saved
-            resume.save_training_state(state_file, state, settings=settings, generator=run.train_loader.generator)
+            resume.save_training_state(
+                state_file,
+                state,
+                settings=settings,
+                generator=run.train_loader.generator,
+            )
             last_saved = state["epoch"]
 
         hooks = resume.resumable(
-            distributed.distributed_hooks(), state=saved, on_state=save, generator=run.train_loader.generator
+            distributed.distributed_hooks(),
+            state=saved,
+            on_state=save,
+            generator=run.train_loader.generator,
         )
         with resume.StopRequest() as stop:
-            history = fit(replace(run, train_loader=stop.between_steps(run.train_loader)), config, hooks)
+            history = fit(
+                replace(run, train_loader=stop.between_steps(run.train_loader)),
+                config,
+                hooks,
+            )
     except resume.TrainingStopped as stopped:
         if distributed.is_main_process():
             where = f"stopped in epoch {last_saved + 1} before step {stopped.step + 1} of {stopped.steps}"
             if last_saved:
-                print(f"{where}; the state after epoch {last_saved} is in {state_file}. To continue:", file=sys.stderr)
+                print(
+                    f"{where}; the state after epoch {last_saved} is in {state_file}. To continue:",
+                    file=sys.stderr,
+                )
                 print(f"  {resume_command(argv)}", file=sys.stderr)
             else:
-                print(f"{where}; no epoch had finished, so nothing was saved.", file=sys.stderr)
+                print(
+                    f"{where}; no epoch had finished, so nothing was saved.",
+                    file=sys.stderr,
+                )
         return 130
-    except (DownloadError, UnreadableImageError, NonFiniteLossError, FileNotFoundError, ValueError) as err:
+    except (
+        DownloadError,
+        UnreadableImageError,
+        NonFiniteLossError,
+        FileNotFoundError,
+        ValueError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if distributed.is_main_process():
-        warmup = default_warmup_steps(total_steps) if config.warmup_steps is None else config.warmup_steps
-        metrics = save_outputs(run, history, settings | {"warmup_steps": warmup}, args.output)
+        warmup = (
+            default_warmup_steps(total_steps)
+            if config.warmup_steps is None
+            else config.warmup_steps
+        )
+        metrics = save_outputs(
+            run, history, settings | {"warmup_steps": warmup}, args.output
+        )
         print(
             f"test accuracy {metrics['test_accuracy']:.4f} after {metrics['seconds']:.1f} s of training; wrote "
             f"{args.output}/{{checkpoint/, metrics.json, loss_curve.png}}"
@@ -255,9 +412,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pretrained = None
     if args.pretrained is not None:
-        fixed = [flag for flag, value in (("--model", args.model), ("--patch-size", args.patch_size)) if value]
+        fixed = [
+            flag
+            for flag, value in (
+                ("--model", args.model),
+                ("--patch-size", args.patch_size),
+            )
+            if value
+        ]
         if fixed or args.dropout:
-            parser.error(f"--pretrained fixes the architecture: drop {fixed + ['--dropout'] * bool(args.dropout)}")
+            parser.error(
+                f"--pretrained fixes the architecture: drop {fixed + ['--dropout'] * bool(args.dropout)}"
+            )
         try:
             pretrained = pretrained_config(args.pretrained)
         except (FileNotFoundError, ValueError) as err:
@@ -268,7 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--device: {err}")
     config = config_from_args(args, device=device, pretrained=pretrained)
     if config.img_size % config.patch_size:
-        parser.error(f"--image-size {config.img_size} must be a multiple of --patch-size {config.patch_size}")
+        parser.error(
+            f"--image-size {config.img_size} must be a multiple of --patch-size {config.patch_size}"
+        )
     if config.amp == "fp16" and device.type != "cuda":
         parser.error(f"--amp fp16 needs a CUDA device, got {device}")
     if args.threads is not None:
@@ -288,5 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed.stop_processes()
 
 
-if __name__ == "__main__" and "ipykernel" not in sys.modules:  # not when this cell runs in a notebook
+if (
+    __name__ == "__main__" and "ipykernel" not in sys.modules
+):  # not when this cell runs in a notebook
     raise SystemExit(main())

@@ -49,10 +49,24 @@ __all__ = [
 
 
 # notebooks/A14_training_runs.ipynb, cell 5
-NATIVE_SIZES = {"digits": (8, 2), "textures": (32, 4), "cifar10": (32, 4)}  # dataset -> (img_size, patch_size)
+NATIVE_SIZES = {
+    "digits": (8, 2),
+    "textures": (32, 4),
+    "cifar10": (32, 4),
+}  # dataset -> (img_size, patch_size)
 FOLDER_SIZES = (224, 16)  # an ImageFolder, or a URL of one
-OPTIMIZER_DEFAULTS = {"adamw": dict(lr=2e-3, weight_decay=0.05), "sgd": dict(lr=0.01, weight_decay=0.0)}
-EXECUTION_FIELDS = ("data_dir", "num_workers", "timeout", "device", "compile", "progress")
+OPTIMIZER_DEFAULTS = {
+    "adamw": dict(lr=2e-3, weight_decay=0.05),
+    "sgd": dict(lr=0.01, weight_decay=0.0),
+}
+EXECUTION_FIELDS = (
+    "data_dir",
+    "num_workers",
+    "timeout",
+    "device",
+    "compile",
+    "progress",
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +85,9 @@ class TrainConfig:
     model: str | None = None  # a variant of VIT_VARIANTS
     patch_size: int | None = None  # P
     init: str = "trunc_normal"  # or 'model': the model's own (JAX) initialisation
-    pretrained: str | None = None  # a going_modular checkpoint folder or an original JAX .npz to fine-tune
+    pretrained: str | None = (
+        None  # a going_modular checkpoint folder or an original JAX .npz to fine-tune
+    )
     dropout: float = 0.0
     epochs: int = 20
     optimizer: str = "adamw"
@@ -93,7 +109,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         img_size, patch_size = NATIVE_SIZES.get(self.dataset, FOLDER_SIZES)
-        defaults = dict(img_size=img_size, patch_size=patch_size) | OPTIMIZER_DEFAULTS.get(self.optimizer, {})
+        defaults = dict(
+            img_size=img_size, patch_size=patch_size
+        ) | OPTIMIZER_DEFAULTS.get(self.optimizer, {})
         if self.pretrained is None:
             defaults["model"] = "Micro"
         for name, value in defaults.items():
@@ -102,7 +120,14 @@ class TrainConfig:
 
 
 # notebooks/A14_training_runs.ipynb, cell 8
-def load_data(dataset: str, *, img_size: int, data_dir: str | Path, seed: int, timeout: float = 10.0) -> DataSplits:
+def load_data(
+    dataset: str,
+    *,
+    img_size: int,
+    data_dir: str | Path,
+    seed: int,
+    timeout: float = 10.0,
+) -> DataSplits:
     """'digits', 'textures', 'cifar10', an ImageFolder path or an http(s) URL of a zipped ImageFolder."""
     if dataset == "digits":
         return load_digits_data(img_size=img_size, seed=seed)
@@ -120,7 +145,9 @@ def load_data(dataset: str, *, img_size: int, data_dir: str | Path, seed: int, t
 def build_model(config: TrainConfig, *, in_channels: int, num_classes: int) -> ViT:
     """The initialised model of ``config`` for images of ``in_channels`` and ``num_classes`` classes."""
     if config.pretrained is not None:
-        model = from_pretrained(config.pretrained, img_size=config.img_size, num_classes=num_classes)
+        model = from_pretrained(
+            config.pretrained, img_size=config.img_size, num_classes=num_classes
+        )
         if model.config.in_channels != in_channels:
             raise ValueError(
                 f"the pretrained model {config.pretrained} has {model.config.in_channels} input channels, "
@@ -129,7 +156,11 @@ def build_model(config: TrainConfig, *, in_channels: int, num_classes: int) -> V
         return model
     name = f"{config.model}/{config.patch_size}"
     model = create_vit(
-        name, img_size=config.img_size, in_channels=in_channels, num_classes=num_classes, drop_rate=config.dropout
+        name,
+        img_size=config.img_size,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        drop_rate=config.dropout,
     )
     return init_truncated_normal(model) if config.init == "trunc_normal" else model
 
@@ -148,13 +179,27 @@ def prepare(config: TrainConfig) -> Run:
     """Seed everything, then build the data, the loaders and the initialised model of ``config``."""
     set_seed(config.seed)
     data = load_data(
-        config.dataset, img_size=config.img_size, data_dir=config.data_dir, seed=config.seed, timeout=config.timeout
+        config.dataset,
+        img_size=config.img_size,
+        data_dir=config.data_dir,
+        seed=config.seed,
+        timeout=config.timeout,
     )
     train_loader, test_loader = create_dataloaders(
-        data, batch_size=config.batch_size, seed=config.seed, num_workers=config.num_workers, device=config.device
+        data,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        num_workers=config.num_workers,
+        device=config.device,
     )
-    model = build_model(config, in_channels=data.preprocessing["channels"], num_classes=len(data.class_names))
-    seed_this_process(config.seed)  # under torchrun, every process but rank 0 draws its own dropout from here
+    model = build_model(
+        config,
+        in_channels=data.preprocessing["channels"],
+        num_classes=len(data.class_names),
+    )
+    seed_this_process(
+        config.seed
+    )  # under torchrun, every process but rank 0 draws its own dropout from here
     return Run(data, train_loader, test_loader, model)
 
 
@@ -165,7 +210,9 @@ def compiled(hooks: TrainingHooks) -> TrainingHooks:
     return replace(hooks, wrap=lambda model: torch.compile(wrap(model)))
 
 
-def fit(run: Run, config: TrainConfig, hooks: TrainingHooks | None = None) -> dict[str, list[float]]:
+def fit(
+    run: Run, config: TrainConfig, hooks: TrainingHooks | None = None
+) -> dict[str, list[float]]:
     """``engine.train`` of the run with the recipe of ``config`` and ``hooks``; the history per epoch."""
     hooks = TrainingHooks() if hooks is None else hooks
     return train(
@@ -198,10 +245,16 @@ def checkpoint_metadata(data: DataSplits, history: dict[str, list[float]]) -> di
     }
 
 
-def save_outputs(run: Run, history: dict[str, list[float]], settings: dict, output: str | Path) -> dict:
+def save_outputs(
+    run: Run, history: dict[str, list[float]], settings: dict, output: str | Path
+) -> dict:
     """Write ``output``/checkpoint, metrics.json and loss_curve.png of a finished run; return the metrics."""
     output = Path(output)
-    save_model(run.model, output / "checkpoint", checkpoint_metadata(run.data, history) | {"training": settings})
+    save_model(
+        run.model,
+        output / "checkpoint",
+        checkpoint_metadata(run.data, history) | {"training": settings},
+    )
     metrics = {
         "settings": settings,
         "device": str(next(run.model.parameters()).device),
@@ -225,13 +278,17 @@ def digits_checkpoint(folder: str | Path = "models/vit-digits") -> Path:
     folder = Path(folder)
     try:
         document, _ = read_checkpoint(folder)
-        Preprocess(document["metadata"].get("preprocessing", {}))  # a spec this version reads
+        Preprocess(
+            document["metadata"].get("preprocessing", {})
+        )  # a spec this version reads
         return folder
     except (FileNotFoundError, ValueError):  # CheckpointError is a ValueError
         pass
     config = TrainConfig(progress=False)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the chapter trains on one thread: the same bits, and faster for a model this small
+    torch.set_num_threads(
+        1
+    )  # the chapter trains on one thread: the same bits, and faster for a model this small
     try:
         run = prepare(config)
         history = fit(run, config)

@@ -10,17 +10,30 @@ from typing import Any
 from going_modular.patches import to_pair
 from going_modular.vit import ViT, ViTConfig
 
-__all__ = ["VIT_VARIANTS", "count_macs", "count_parameters", "create_vit", "parse_variant", "vit_config"]
+__all__ = [
+    "VIT_VARIANTS",
+    "count_macs",
+    "count_parameters",
+    "create_vit",
+    "parse_variant",
+    "vit_config",
+]
 
 
 # notebooks/06_table1.ipynb, cell 4
 VIT_VARIANTS: dict[str, dict[str, Any]] = {
-    "Ti": dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0),  # DeiT (Touvron et al. 2021), not Table 1
-    "S": dict(embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0),  # DeiT (Touvron et al. 2021), not Table 1
+    "Ti": dict(
+        embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0
+    ),  # DeiT (Touvron et al. 2021), not Table 1
+    "S": dict(
+        embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0
+    ),  # DeiT (Touvron et al. 2021), not Table 1
     "B": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),  # Table 1
     "L": dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0),  # Table 1
     "H": dict(embed_dim=1280, depth=32, num_heads=16, mlp_ratio=4.0),  # Table 1
-    "Micro": dict(embed_dim=64, depth=4, num_heads=8, mlp_ratio=2.0),  # this book's CPU-sized model
+    "Micro": dict(
+        embed_dim=64, depth=4, num_heads=8, mlp_ratio=2.0
+    ),  # this book's CPU-sized model
 }
 
 
@@ -34,7 +47,9 @@ def parse_variant(name: str) -> tuple[str, int]:
     )
     if match is None:
         known = ", ".join(f"{size}/P" for size in VIT_VARIANTS)
-        raise ValueError(f"unknown ViT variant {name!r}: expected one of {known} with a patch size P, e.g. 'B/16'")
+        raise ValueError(
+            f"unknown ViT variant {name!r}: expected one of {known} with a patch size P, e.g. 'B/16'"
+        )
     return sizes[match.group(1)], int(match.group(2))
 
 
@@ -58,9 +73,13 @@ def create_vit(name: str = "B/16", **overrides: Any) -> ViT:
 # notebooks/06_table1.ipynb, cell 8
 def _checked(config: ViTConfig, what: str) -> ViTConfig:
     if not isinstance(config, ViTConfig):
-        raise TypeError(f"{what} takes a ViTConfig (model.config, vit_config(name)), got {type(config).__name__}")
+        raise TypeError(
+            f"{what} takes a ViTConfig (model.config, vit_config(name)), got {type(config).__name__}"
+        )
     if config.conv_stem:
-        raise ValueError(f"{what}'s closed form covers the patchify projection only, got conv_stem=True")
+        raise ValueError(
+            f"{what}'s closed form covers the patchify projection only, got conv_stem=True"
+        )
     return config
 
 
@@ -69,7 +88,9 @@ def count_parameters(config: ViTConfig) -> int:
     c = _checked(config, "count_parameters")
     (ph, pw), (gh, gw) = to_pair(c.patch_size, "patch_size"), c.grid_size
     d, m, n = c.embed_dim, c.mlp_dim, gh * gw
-    embedding = (c.in_channels * ph * pw * d + d) + d + (n + 1) * d  # E and its bias, x_class, E_pos
+    embedding = (
+        (c.in_channels * ph * pw * d + d) + d + (n + 1) * d
+    )  # E and its bias, x_class, E_pos
     block = 4 * d * d + 2 * d * m + 9 * d + m - (0 if c.qkv_bias else 3 * d)
     r = c.representation_size
     features, pre_logits = (r, d * r + r) if r else (d, 0)

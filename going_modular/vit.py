@@ -39,44 +39,79 @@ class ViTConfig:
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
-    representation_size: int | None = None  # the tanh pre-logits layer of the pre-training head
+    representation_size: int | None = (
+        None  # the tanh pre-logits layer of the pre-training head
+    )
     conv_stem: bool = False
     layer_norm_eps: float = 1e-6
     gelu_approximate: str = "none"
-    global_pool: str = "token"  # "token": y = LN(z_L^0); "avg": the patch tokens' mean (Appendix D.3)
+    global_pool: str = (
+        "token"  # "token": y = LN(z_L^0); "avg": the patch tokens' mean (Appendix D.3)
+    )
 
     def __post_init__(self) -> None:
-        img, patch = to_pair(self.img_size, "img_size"), to_pair(self.patch_size, "patch_size")
-        object.__setattr__(self, "img_size", img[0] if img[0] == img[1] else img)  # one spelling per size
-        object.__setattr__(self, "patch_size", patch[0] if patch[0] == patch[1] else patch)
+        img, patch = (
+            to_pair(self.img_size, "img_size"),
+            to_pair(self.patch_size, "patch_size"),
+        )
+        object.__setattr__(
+            self, "img_size", img[0] if img[0] == img[1] else img
+        )  # one spelling per size
+        object.__setattr__(
+            self, "patch_size", patch[0] if patch[0] == patch[1] else patch
+        )
         if img[0] % patch[0] or img[1] % patch[1]:
-            raise ValueError(f"img_size must be a multiple of patch_size, got img_size={img}, patch_size={patch}")
+            raise ValueError(
+                f"img_size must be a multiple of patch_size, got img_size={img}, patch_size={patch}"
+            )
         for name in ("in_channels", "embed_dim", "depth", "num_heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0 (0: no head), got {self.num_classes!r}")
+        if (
+            not isinstance(self.num_classes, int)
+            or isinstance(self.num_classes, bool)
+            or self.num_classes < 0
+        ):
+            raise ValueError(
+                f"num_classes must be an int >= 0 (0: no head), got {self.num_classes!r}"
+            )
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"embed_dim must be divisible by num_heads, got embed_dim={self.embed_dim}, num_heads={self.num_heads}"
             )
-        if not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0 or self.mlp_dim < 1:
-            raise ValueError(f"mlp_ratio must give an MLP size of at least 1, got mlp_ratio={self.mlp_ratio!r}")
+        if (
+            not isinstance(self.mlp_ratio, (int, float))
+            or self.mlp_ratio <= 0
+            or self.mlp_dim < 1
+        ):
+            raise ValueError(
+                f"mlp_ratio must give an MLP size of at least 1, got mlp_ratio={self.mlp_ratio!r}"
+            )
         for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         size = self.representation_size
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
-            raise ValueError(f"representation_size must be None or a positive int, got {size!r}")
+        if size is not None and (
+            not isinstance(size, int) or isinstance(size, bool) or size < 1
+        ):
+            raise ValueError(
+                f"representation_size must be None or a positive int, got {size!r}"
+            )
         for name in ("qkv_bias", "conv_stem"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"{name} must be True or False, got {getattr(self, name)!r}"
+                )
         if not isinstance(self.layer_norm_eps, float) or not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps must be a positive float, got {self.layer_norm_eps!r}")
+            raise ValueError(
+                f"layer_norm_eps must be a positive float, got {self.layer_norm_eps!r}"
+            )
         if self.gelu_approximate not in ("none", "tanh"):
-            raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
+            raise ValueError(
+                f"gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}"
+            )
         if self.global_pool not in ("token", "avg"):
             raise ValueError(
                 f"global_pool must be 'token' (x_class) or 'avg' (the patch tokens' mean), got {self.global_pool!r}"
@@ -85,7 +120,10 @@ class ViTConfig:
     @property
     def grid_size(self) -> tuple[int, int]:
         """The patch grid (H / P, W / P); N is its product."""
-        (h, w), (ph, pw) = to_pair(self.img_size, "img_size"), to_pair(self.patch_size, "patch_size")
+        (h, w), (ph, pw) = (
+            to_pair(self.img_size, "img_size"),
+            to_pair(self.patch_size, "patch_size"),
+        )
         return h // ph, w // pw
 
     @property
@@ -96,7 +134,10 @@ class ViTConfig:
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON values (pairs as lists), e.g. for a checkpoint's config.json."""
         values = {field.name: getattr(self, field.name) for field in fields(self)}
-        return {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in values.items()
+        }
 
 
 # notebooks/05_vit.ipynb, cell 19
@@ -112,17 +153,28 @@ class ViT(nn.Module):
     def __init__(self, config: ViTConfig | None = None, /, **overrides: Any) -> None:
         super().__init__()
         if config is not None and not isinstance(config, ViTConfig):
-            raise TypeError(f"expected a ViTConfig (or keyword arguments), got {type(config).__name__}")
-        self.config = ViTConfig(**overrides) if config is None else replace(config, **overrides)
+            raise TypeError(
+                f"expected a ViTConfig (or keyword arguments), got {type(config).__name__}"
+            )
+        self.config = (
+            ViTConfig(**overrides) if config is None else replace(config, **overrides)
+        )
         c = self.config
         self.patch_embedding = PatchEmbedding(
-            self.patch_size, in_channels=c.in_channels, embed_dim=c.embed_dim, conv_stem=c.conv_stem
+            self.patch_size,
+            in_channels=c.in_channels,
+            embed_dim=c.embed_dim,
+            conv_stem=c.conv_stem,
         )  # E
         self.class_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))  # x_class
         num_patches = c.grid_size[0] * c.grid_size[1]  # N
-        self.position_embedding = nn.Parameter(torch.zeros(1, num_patches + 1, c.embed_dim))  # E_pos
+        self.position_embedding = nn.Parameter(
+            torch.zeros(1, num_patches + 1, c.embed_dim)
+        )  # E_pos
         self.dropout = nn.Dropout(c.drop_rate)
-        rates = [c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)]  # 0 ... drop_path_rate
+        rates = [
+            c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)
+        ]  # 0 ... drop_path_rate
         self.blocks = nn.ModuleList(
             EncoderBlock(
                 c.embed_dim,
@@ -144,7 +196,9 @@ class ViT(nn.Module):
             fc = nn.Linear(c.embed_dim, c.representation_size)
             self.pre_logits = nn.Sequential(OrderedDict(fc=fc, act=nn.Tanh()))
             features = c.representation_size
-        self.head: nn.Module = nn.Linear(features, c.num_classes) if c.num_classes else nn.Identity()
+        self.head: nn.Module = (
+            nn.Linear(features, c.num_classes) if c.num_classes else nn.Identity()
+        )
         self.reset_parameters()
 
     @classmethod
@@ -187,7 +241,9 @@ class ViT(nn.Module):
             block.ln_1.reset_parameters()
             block.ln_2.reset_parameters()
             d = block.msa.qkv.in_features
-            bound = (6.0 / (d + d)) ** 0.5  # Xavier-uniform for each of the q, k, v matrices (D, D)
+            bound = (
+                6.0 / (d + d)
+            ) ** 0.5  # Xavier-uniform for each of the q, k, v matrices (D, D)
             nn.init.uniform_(block.msa.qkv.weight, -bound, bound)
             for linear in (block.msa.proj, block.mlp.fc1, block.mlp.fc2):
                 nn.init.xavier_uniform_(linear.weight)
@@ -214,8 +270,13 @@ class ViT(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Equation 1: images (B, C, H, W) -> z_0 (B, N+1, D), with dropout after adding E_pos."""
         x = self.patch_embedding(images)  # validates the input, then x_p E: (B, N, D)
-        grid = (images.shape[-2] // self.patch_size[0], images.shape[-1] // self.patch_size[1])
-        position = resize_position_embedding(self.position_embedding, self.grid_size, grid)
+        grid = (
+            images.shape[-2] // self.patch_size[0],
+            images.shape[-1] // self.patch_size[1],
+        )
+        position = resize_position_embedding(
+            self.position_embedding, self.grid_size, grid
+        )
         tokens = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
         return self.dropout(tokens + position)
 
@@ -243,7 +304,9 @@ class ViT(nn.Module):
             z = block(z)
         return maps
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+    def reset_classifier(
+        self, num_classes: int, global_pool: str | None = None
+    ) -> None:
         """§3.2's fine-tuning head: drop the head and any pre-logits layer, attach a zero D x K layer (K=0: none)."""
         self.config = replace(
             self.config,
@@ -255,21 +318,33 @@ class ViT(nn.Module):
         self.pre_logits = nn.Identity()
         self.head = nn.Identity()
         if num_classes:
-            self.head = nn.Linear(self.config.embed_dim, num_classes, device=like.device, dtype=like.dtype)
+            self.head = nn.Linear(
+                self.config.embed_dim, num_classes, device=like.device, dtype=like.dtype
+            )
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
     def set_input_size(
-        self, img_size: int | tuple[int, int], *, mode: str = "bicubic", align_corners: bool = False
+        self,
+        img_size: int | tuple[int, int],
+        *,
+        mode: str = "bicubic",
+        align_corners: bool = False,
     ) -> None:
         """Move to another resolution (§3.2): E_pos (1, 1 + N, D) resized in 2-D to the new grid, stored.
 
         E_pos becomes a new parameter: build the optimiser afterwards.
         """
         old_grid = self.grid_size
-        self.config = replace(self.config, img_size=img_size)  # checks that P divides the new size
+        self.config = replace(
+            self.config, img_size=img_size
+        )  # checks that P divides the new size
         with torch.no_grad():
             resized = resize_position_embedding(
-                self.position_embedding, old_grid, self.grid_size, mode=mode, align_corners=align_corners
+                self.position_embedding,
+                old_grid,
+                self.grid_size,
+                mode=mode,
+                align_corners=align_corners,
             )
         self.position_embedding = nn.Parameter(resized.clone())

@@ -30,7 +30,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # process, while an MPLBACKEND here would reach the kernels too and replace their inline backend,
 # so the figures nbval compares would silently disappear from the chapters' outputs.
 
-from going_modular.checkpoint import CONFIG_FILE  # below the setting: no module of the package sees it unset
+from going_modular.checkpoint import (
+    CONFIG_FILE,
+)  # below the setting: no module of the package sees it unset
 from going_modular.data import make_preprocessing
 from going_modular.vit import ViT, ViTConfig
 
@@ -85,7 +87,9 @@ def randomise_head(model: nn.Module, std: float = 0.05) -> nn.Module:
     """
     head = model.heads.head if hasattr(model, "heads") else model.head
     if not isinstance(head, nn.Linear):
-        raise TypeError(f"expected a model with a Linear head, got {type(head).__name__}")
+        raise TypeError(
+            f"expected a model with a Linear head, got {type(head).__name__}"
+        )
     token = model.class_token if hasattr(model, "class_token") else model.cls_token
     with torch.no_grad():
         for tensor in (head.weight, head.bias, token):
@@ -112,7 +116,15 @@ def randomise_all(model: nn.Module, std: float, *, replace: bool = False) -> nn.
 
 # The digits set-up of the unit tests: 8x8 grey images with values in [0, 16] of the classes 0-9 (scikit-learn's
 # digits), and a two-block ViT for them (2x2 patches of 4x4 pixels, D = 16, two heads).
-DIGITS_VIT = ViTConfig(img_size=8, patch_size=4, in_channels=1, num_classes=10, embed_dim=16, depth=2, num_heads=2)
+DIGITS_VIT = ViTConfig(
+    img_size=8,
+    patch_size=4,
+    in_channels=1,
+    num_classes=10,
+    embed_dim=16,
+    depth=2,
+    num_heads=2,
+)
 DIGITS_SPEC = make_preprocessing(8, channels=1, max_value=16.0, mean=[0.5], std=[0.5])
 DIGITS_CLASSES = [str(d) for d in range(10)]
 
@@ -154,11 +166,17 @@ def pytest_collection_modifyitems(config, items):
     files not in it count as fast. Within a file the order is kept, as nbval needs.
     """
     for item in items:
-        if item.path.suffix == ".ipynb":  # a chapter under nbval: a kernel, so not `make unit`
+        if (
+            item.path.suffix == ".ipynb"
+        ):  # a chapter under nbval: a kernel, so not `make unit`
             item.add_marker(pytest.mark.slow)
-    seconds = json.loads((Path(__file__).parent / "durations.json").read_text(encoding="utf-8"))
+    seconds = json.loads(
+        (Path(__file__).parent / "durations.json").read_text(encoding="utf-8")
+    )
     root = config.rootpath
-    items.sort(key=lambda item: -seconds.get(item.path.relative_to(root).as_posix(), 0))  # a stable sort
+    items.sort(
+        key=lambda item: -seconds.get(item.path.relative_to(root).as_posix(), 0)
+    )  # a stable sort
 
 
 class QuietHandler(BaseHTTPRequestHandler):
@@ -197,9 +215,13 @@ class RouteHandler(QuietHandler):
     Hugging Face Hub's HEAD sends (Content-Length, the body's SHA-256 as ETag, a commit hash); 404 for any other path.
     Appends every request ("GET /path") to ``hits``."""
 
-    def __init__(self, *args, routes: dict[str, bytes | Reply], hits: list[str], **kwargs) -> None:
+    def __init__(
+        self, *args, routes: dict[str, bytes | Reply], hits: list[str], **kwargs
+    ) -> None:
         self.routes, self.hits = routes, hits
-        super().__init__(*args, **kwargs)  # handles the request: the attributes must exist first
+        super().__init__(
+            *args, **kwargs
+        )  # handles the request: the attributes must exist first
 
     def do_HEAD(self) -> None:  # noqa: N802 (the name http.server expects)
         self.answer(body=False)
@@ -216,7 +238,10 @@ class RouteHandler(QuietHandler):
         reply = route if isinstance(route, Reply) else Reply(route)
         time.sleep(reply.delay)
         self.send_response(200)
-        self.send_header("Content-Length", str(len(reply.body) if reply.length is None else reply.length))
+        self.send_header(
+            "Content-Length",
+            str(len(reply.body) if reply.length is None else reply.length),
+        )
         self.send_header("ETag", f'"{hashlib.sha256(reply.body).hexdigest()}"')
         self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
         self.end_headers()  # HTTP/1.0: the connection closes after the body, sent whole or not
@@ -259,6 +284,10 @@ def write_jax_npz(path, model) -> str:
 
     rng = np.random.default_rng(0)
     np.savez(
-        path, **{key: rng.normal(0, 0.02, shape).astype(np.float32) for key, shape in jax_npz_layout(model).items()}
+        path,
+        **{
+            key: rng.normal(0, 0.02, shape).astype(np.float32)
+            for key, shape in jax_npz_layout(model).items()
+        },
     )
     return str(path)

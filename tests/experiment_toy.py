@@ -17,8 +17,15 @@ def least_squares(config: dict, *, device: torch.device) -> dict:
     w_hat = torch.zeros(64, dtype=torch.float64)
     for _ in range(config["steps"]):
         w_hat -= 0.1 * x.T @ (x @ w_hat - y) / len(y)
-    return {"error": (w_hat - w).norm().item(), "loss": ((x @ w_hat - y) ** 2).mean().item()}
+    return {
+        "error": (w_hat - w).norm().item(),
+        "loss": ((x @ w_hat - y) ** 2).mean().item(),
+    }
 
 
-GRID = tuple({"steps": steps, "seed": seed} for steps in (10, 10000) for seed in range(4))
-EXPERIMENTS = (Experiment("toy", least_squares, GRID, about="least squares by gradient descent"),)
+GRID = tuple(
+    {"steps": steps, "seed": seed} for steps in (10, 10000) for seed in range(4)
+)
+EXPERIMENTS = (
+    Experiment("toy", least_squares, GRID, about="least squares by gradient descent"),
+)

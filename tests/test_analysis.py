@@ -28,35 +28,58 @@ matplotlib.use("Agg")
 
 def random_rows(*shape: int, seed: int = 0) -> torch.Tensor:
     """Random row-stochastic matrices (..., T, T), as softmax attention gives."""
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)).softmax(dim=-1)
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)).softmax(
+        dim=-1
+    )
 
 
-CONFIG = ViTConfig(img_size=8, patch_size=2, in_channels=3, num_classes=2, embed_dim=16, depth=2, num_heads=2)
+CONFIG = ViTConfig(
+    img_size=8,
+    patch_size=2,
+    in_channels=3,
+    num_classes=2,
+    embed_dim=16,
+    depth=2,
+    num_heads=2,
+)
 
 
 def test_rollout_of_identity_attention_is_the_identity():
     eye = torch.eye(5).expand(2, 3, 5, 5)
     for residual in (True, False):
-        torch.testing.assert_close(attention_rollout([eye, eye, eye], residual=residual), torch.eye(5).expand(2, 5, 5))
+        torch.testing.assert_close(
+            attention_rollout([eye, eye, eye], residual=residual),
+            torch.eye(5).expand(2, 5, 5),
+        )
 
 
 def test_rollout_of_one_layer_without_residual_is_the_head_mean():
     maps = random_rows(2, 3, 5, 5)
-    torch.testing.assert_close(attention_rollout([maps], residual=False), maps.mean(dim=1))
+    torch.testing.assert_close(
+        attention_rollout([maps], residual=False), maps.mean(dim=1)
+    )
 
 
 def test_rollout_multiplies_the_last_layer_leftmost():
     first, second = random_rows(1, 2, 4, 4, seed=1), random_rows(1, 2, 4, 4, seed=2)
     a1, a2 = first[0].mean(0), second[0].mean(0)
-    assert not torch.allclose(a2 @ a1, a1 @ a2), "the test needs matrices that do not commute"
-    torch.testing.assert_close(attention_rollout([first, second], residual=False)[0], a2 @ a1)
+    assert not torch.allclose(a2 @ a1, a1 @ a2), (
+        "the test needs matrices that do not commute"
+    )
+    torch.testing.assert_close(
+        attention_rollout([first, second], residual=False)[0], a2 @ a1
+    )
     r1, r2 = (0.5 * a + 0.5 * torch.eye(4) for a in (a1, a2))  # rows already sum to 1
     torch.testing.assert_close(attention_rollout([first, second])[0], r2 @ r1)
 
 
 def test_rollout_renormalises_rows_with_the_residual():
-    weights = torch.tensor([[2.0, 0.0], [1.0, 1.0]]).expand(1, 1, 2, 2)  # rows summing to 2
-    expected = torch.tensor([[1.0, 0.0], [0.5 / 1.5, 1.0 / 1.5]])  # (0.5 A + 0.5 I) / row sums
+    weights = torch.tensor([[2.0, 0.0], [1.0, 1.0]]).expand(
+        1, 1, 2, 2
+    )  # rows summing to 2
+    expected = torch.tensor(
+        [[1.0, 0.0], [0.5 / 1.5, 1.0 / 1.5]]
+    )  # (0.5 A + 0.5 I) / row sums
     torch.testing.assert_close(attention_rollout([weights])[0], expected)
 
 
@@ -67,7 +90,10 @@ def test_rollout_renormalises_rows_with_the_residual():
         (torch.eye(3).expand(1, 1, 3, 3), "non-empty list"),
         ([torch.eye(3)], r"maps\[0\] must be a tensor \(B, h, T, T\)"),
         ([torch.zeros(1, 1, 3, 4)], r"maps\[0\]"),
-        ([torch.zeros(1, 2, 3, 3), torch.zeros(1, 1, 3, 3)], r"maps\[1\] has \(1, 1, 3, 3\)"),
+        (
+            [torch.zeros(1, 2, 3, 3), torch.zeros(1, 1, 3, 3)],
+            r"maps\[1\] has \(1, 1, 3, 3\)",
+        ),
     ],
 )
 def test_rollout_rejects_bad_maps(maps, message):
@@ -80,7 +106,9 @@ def self_attention(tokens: int) -> torch.Tensor:
 
 
 def test_attending_to_oneself_has_distance_zero():
-    distances = mean_attention_distance([self_attention(10)] * 2, grid_size=3, patch_size=4)
+    distances = mean_attention_distance(
+        [self_attention(10)] * 2, grid_size=3, patch_size=4
+    )
     assert distances.shape == (2, 3)
     torch.testing.assert_close(distances, torch.zeros(2, 3))
 
@@ -88,7 +116,15 @@ def test_attending_to_oneself_has_distance_zero():
 def test_uniform_attention_gives_the_mean_pairwise_distance_of_the_grid():
     g, p = 4, 5
     centres = [(i, j) for i in range(g) for j in range(g)]
-    brute = np.mean([np.hypot(a[0] - b[0], a[1] - b[1]) for a, b in itertools.product(centres, centres)]) * p
+    brute = (
+        np.mean(
+            [
+                np.hypot(a[0] - b[0], a[1] - b[1])
+                for a, b in itertools.product(centres, centres)
+            ]
+        )
+        * p
+    )
     uniform = torch.rand(1, 2, 1 + g * g, 1 + g * g)
     uniform[:, :, 1:, 1:] = 1.0  # the class-token row and column must not count
     distances = mean_attention_distance([uniform], g, p)
@@ -103,15 +139,20 @@ def test_attention_one_patch_to_the_right_is_one_patch_away():
         right = i * gw + (j + 1) % gw  # the last column wraps round to the first
         maps[0, 0, 1 + i * gw + j, 1 + right] = 1.0
     distances = mean_attention_distance([maps], (gh, gw), (p, p))
-    expected = ((gw - 1) * p + (gw - 1) * p) / gw  # gw - 1 queries move one patch, one moves back gw - 1 patches
+    expected = (
+        (gw - 1) * p + (gw - 1) * p
+    ) / gw  # gw - 1 queries move one patch, one moves back gw - 1 patches
     torch.testing.assert_close(distances, torch.tensor([[expected]]))
-    wide = mean_attention_distance([maps], (gh, gw), (p, 2 * p))  # only the width of a patch matters here
+    wide = mean_attention_distance(
+        [maps], (gh, gw), (p, 2 * p)
+    )  # only the width of a patch matters here
     torch.testing.assert_close(wide, torch.tensor([[2 * expected]]))
 
 
 def test_patch_centres_are_in_raster_order():
     torch.testing.assert_close(
-        patch_centres((2, 3), (4, 2)).float(), torch.tensor([[2.0, 1], [2, 3], [2, 5], [6, 1], [6, 3], [6, 5]])
+        patch_centres((2, 3), (4, 2)).float(),
+        torch.tensor([[2.0, 1], [2, 3], [2, 5], [6, 1], [6, 3], [6, 5]]),
     )
 
 
@@ -130,59 +171,96 @@ def test_mean_attention_distance_rejects_bad_input():
 
 def test_position_embedding_similarity_of_orthonormal_embeddings_is_the_identity():
     model = ViT(CONFIG, embed_dim=16)  # 4x4 grid: 16 patches, D = 16
-    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(0)))
+    q, _ = torch.linalg.qr(
+        torch.randn(16, 16, generator=torch.Generator().manual_seed(0))
+    )
     with torch.no_grad():
         model.position_embedding[0, 1:] = 3.0 * q  # orthogonal rows of length 3
         model.position_embedding[0, 0] = 100.0  # the class token's row must be left out
     similarity = position_embedding_similarity(model)
     assert similarity.shape == (4, 4, 4, 4)
-    torch.testing.assert_close(similarity.reshape(16, 16), torch.eye(16), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        similarity.reshape(16, 16), torch.eye(16), atol=1e-6, rtol=0
+    )
 
 
 def test_position_embedding_similarity_is_the_cosine_in_raster_order():
     model = ViT(CONFIG)
     with torch.no_grad():
         model.position_embedding.zero_()
-        model.position_embedding[0, 1 + 0 * 4 + 1, :2] = torch.tensor([1.0, 0.0])  # patch (0, 1)
-        model.position_embedding[0, 1 + 2 * 4 + 3, :2] = torch.tensor([1.0, 1.0])  # patch (2, 3)
+        model.position_embedding[0, 1 + 0 * 4 + 1, :2] = torch.tensor(
+            [1.0, 0.0]
+        )  # patch (0, 1)
+        model.position_embedding[0, 1 + 2 * 4 + 3, :2] = torch.tensor(
+            [1.0, 1.0]
+        )  # patch (2, 3)
     similarity = position_embedding_similarity(model)
-    assert abs(similarity[0, 1, 2, 3].item() - 2**-0.5) < 1e-6 and abs(similarity[2, 3, 0, 1].item() - 2**-0.5) < 1e-6
+    assert (
+        abs(similarity[0, 1, 2, 3].item() - 2**-0.5) < 1e-6
+        and abs(similarity[2, 3, 0, 1].item() - 2**-0.5) < 1e-6
+    )
 
 
 def test_filter_components_recover_known_directions():
     model = ViT(CONFIG, embed_dim=32)  # filters: 32 vectors of length C*P*P = 12
     rng = np.random.default_rng(0)
-    directions, _ = np.linalg.qr(rng.normal(size=(12, 3)))  # three orthonormal directions (12, 3)
-    scores = rng.normal(size=(32, 3)) * np.array([5.0, 2.0, 0.5])  # variances far apart: a unique order
-    filters = scores @ directions.T + rng.normal(size=12)  # rank 3 plus a common offset that centring removes
+    directions, _ = np.linalg.qr(
+        rng.normal(size=(12, 3))
+    )  # three orthonormal directions (12, 3)
+    scores = rng.normal(size=(32, 3)) * np.array(
+        [5.0, 2.0, 0.5]
+    )  # variances far apart: a unique order
+    filters = scores @ directions.T + rng.normal(
+        size=12
+    )  # rank 3 plus a common offset that centring removes
     with torch.no_grad():
-        model.patch_embedding.proj.weight.copy_(torch.tensor(filters).reshape(32, 3, 2, 2))
+        model.patch_embedding.proj.weight.copy_(
+            torch.tensor(filters).reshape(32, 3, 2, 2)
+        )
     components = embedding_filter_components(model, k=3)
     assert components.shape == (3, 3, 2, 2)
     centred = filters - filters.mean(axis=0)
-    _, _, reference = np.linalg.svd(centred, full_matrices=False)  # an independent reference
+    _, _, reference = np.linalg.svd(
+        centred, full_matrices=False
+    )  # an independent reference
     ours = components.reshape(3, 12).double().numpy()
-    np.testing.assert_allclose(np.abs((ours * reference[:3]).sum(axis=1)), np.ones(3), atol=1e-5)  # equal up to sign
+    np.testing.assert_allclose(
+        np.abs((ours * reference[:3]).sum(axis=1)), np.ones(3), atol=1e-5
+    )  # equal up to sign
     span = directions @ directions.T  # projector on the known directions
     np.testing.assert_allclose(ours @ span, ours, atol=1e-5)
     largest = ours[np.arange(3), np.abs(ours).argmax(axis=1)]
-    assert (largest > 0).all(), "each component is signed so that its largest entry is positive"
+    assert (largest > 0).all(), (
+        "each component is signed so that its largest entry is positive"
+    )
 
 
 def test_filter_components_reject_bad_k_and_conv_stems():
     model = ViT(CONFIG)  # D = 16, C*P*P = 12
     assert embedding_filter_components(model, k=12).shape == (12, 3, 2, 2)
     for k in (0, 13, 2.0):
-        with pytest.raises(ValueError, match=r"k must be an int in \[1, min\(D, C\*P\*P\) = 12\]"):
+        with pytest.raises(
+            ValueError, match=r"k must be an int in \[1, min\(D, C\*P\*P\) = 12\]"
+        ):
             embedding_filter_components(model, k=k)
-    stem = ViT(img_size=16, patch_size=16, num_classes=2, embed_dim=32, depth=1, num_heads=2, conv_stem=True)
+    stem = ViT(
+        img_size=16,
+        patch_size=16,
+        num_classes=2,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        conv_stem=True,
+    )
     with pytest.raises(ValueError, match="conv stem"):
         embedding_filter_components(stem)
 
 
 def test_class_token_map_and_patch_coverage():
     rollout = torch.zeros(1, 5, 5)
-    rollout[0, 0] = torch.tensor([0.6, 0.1, 0.1, 0.0, 0.2])  # class token row: 0.4 on the patches
+    rollout[0, 0] = torch.tensor(
+        [0.6, 0.1, 0.1, 0.0, 0.2]
+    )  # class token row: 0.4 on the patches
     heat = class_token_map(rollout, 2)
     torch.testing.assert_close(heat, torch.tensor([[[0.25, 0.25], [0.0, 0.5]]]))
     with pytest.raises(ValueError, match="T = 1 \\+ 3\\*3"):
@@ -190,7 +268,9 @@ def test_class_token_map_and_patch_coverage():
     masks = torch.zeros(1, 4, 6, dtype=torch.bool)
     masks[0, :2, :3] = True  # the whole first patch of a 2x2 grid of 2x3 patches
     masks[0, 3, 3] = True  # one pixel of the last
-    torch.testing.assert_close(patch_coverage(masks, (2, 3)), torch.tensor([[[1.0, 0.0], [0.0, 1 / 6]]]))
+    torch.testing.assert_close(
+        patch_coverage(masks, (2, 3)), torch.tensor([[[1.0, 0.0], [0.0, 1 / 6]]])
+    )
     with pytest.raises(ValueError, match="multiples of the patch size"):
         patch_coverage(masks, 4)
 
@@ -203,6 +283,10 @@ def test_plots_return_figures():
         plot_filter_components(embedding_filter_components(model, k=5)),
         plot_position_similarity(position_embedding_similarity(model)),
         plot_attention_distance(mean_attention_distance(maps, 4, 2)),
-        plot_rollout(np.zeros((2, 8, 8, 3)), class_token_map(attention_rollout(maps), 4), titles=["a", "b"]),
+        plot_rollout(
+            np.zeros((2, 8, 8, 3)),
+            class_token_map(attention_rollout(maps), 4),
+            titles=["a", "b"],
+        ),
     ]
     assert all(isinstance(fig, Figure) for fig in figures)

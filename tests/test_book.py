@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlparse
@@ -70,7 +71,9 @@ def jupyter_book() -> str:
     beside = Path(sys.executable).with_name("jupyter-book")
     command = str(beside) if beside.exists() else shutil.which("jupyter-book")
     if command is None:
-        pytest.fail("jupyter-book is not installed: run `make test`, which installs the dev extra")
+        pytest.fail(
+            "jupyter-book is not installed: run `make test`, which installs the dev extra"
+        )
     return command
 
 
@@ -80,15 +83,28 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sphinx = CONFIG["sphinx"]["config"]
     mathjax = ROOT / sphinx["html_extra_path"][0] / "_static" / sphinx["mathjax_path"]
     if not urlparse(sphinx["mathjax_path"]).scheme and not mathjax.is_file():
-        pytest.fail(f"MathJax is missing ({mathjax.relative_to(ROOT)}): run `make mathjax`")
+        pytest.fail(
+            f"MathJax is missing ({mathjax.relative_to(ROOT)}): run `make mathjax`"
+        )
     out = tmp_path_factory.mktemp("book")
     result = subprocess.run(
-        [jupyter_book(), "build", str(ROOT), "-W", "-n", "--keep-going", "--path-output", str(out)],
+        [
+            jupyter_book(),
+            "build",
+            str(ROOT),
+            "-W",
+            "-n",
+            "--keep-going",
+            "--path-output",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=900,
     )
-    assert result.returncode == 0, f"book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, (
+        f"book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    )
     return out / "_build" / "html"
 
 
@@ -99,8 +115,13 @@ def page(site: Path, name: str) -> str:
 
 def test_toc_names_every_chapter_once() -> None:
     assert len(CHAPTERS) == len(set(CHAPTERS))
-    chapters = sorted(p.relative_to(ROOT).with_suffix("").as_posix() for p in (ROOT / "notebooks").glob("*.ipynb"))
-    assert sorted(NOTEBOOK_CHAPTERS) == chapters, "every notebook in notebooks/ must be in _toc.yml"
+    chapters = sorted(
+        p.relative_to(ROOT).with_suffix("").as_posix()
+        for p in (ROOT / "notebooks").glob("*.ipynb")
+    )
+    assert sorted(NOTEBOOK_CHAPTERS) == chapters, (
+        "every notebook in notebooks/ must be in _toc.yml"
+    )
 
 
 def test_every_toc_entry_has_a_page(site: Path) -> None:
@@ -125,17 +146,29 @@ def test_mathjax_is_served_locally(site: Path) -> None:
     referenced = 0
     for path in pages:
         text = path.read_text(encoding="utf-8")
-        remote = [m.group(0) for script in SCRIPT.findall(text) for m in REMOTE_MATHJAX.finditer(script)]
+        remote = [
+            m.group(0)
+            for script in SCRIPT.findall(text)
+            for m in REMOTE_MATHJAX.finditer(script)
+        ]
         assert not remote, f"{path.relative_to(site)} loads MathJax from {remote}"
         for src in SCRIPT_SRC.findall(text):
             src = html.unescape(src)
             if "mathjax" not in src.lower():
                 continue
-            target = posixpath.normpath(posixpath.join(path.parent.relative_to(site).as_posix(), src.split("?")[0]))
-            assert (site / target).is_file(), f"{path.relative_to(site)} loads {src}, which the build lacks"
+            target = posixpath.normpath(
+                posixpath.join(
+                    path.parent.relative_to(site).as_posix(), src.split("?")[0]
+                )
+            )
+            assert (site / target).is_file(), (
+                f"{path.relative_to(site)} loads {src}, which the build lacks"
+            )
             referenced += 1
     # The root page has display maths, so at least it must load MathJax.
-    assert referenced and any("mathjax" in s.lower() for s in SCRIPT_SRC.findall(page(site, TOC["root"])))
+    assert referenced and any(
+        "mathjax" in s.lower() for s in SCRIPT_SRC.findall(page(site, TOC["root"]))
+    )
 
 
 def test_references_page_lists_the_vit_paper(site: Path) -> None:
@@ -164,13 +197,19 @@ def test_badge_url_follows_the_configured_repository() -> None:
         "launch_buttons": {"colab_url": "https://colab.example/"},
     }
     url = colab_badge().colab_url(options, "notebooks/05_vit.ipynb")
-    assert url == "https://colab.example/github/someone/fork/blob/dev/docs/notebooks/05_vit.ipynb"
+    assert (
+        url
+        == "https://colab.example/github/someone/fork/blob/dev/docs/notebooks/05_vit.ipynb"
+    )
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"repository_url": "https://gitlab.com/someone/fork"}, "github.com/<owner>/<repo>"),
+        (
+            {"repository_url": "https://gitlab.com/someone/fork"},
+            "github.com/<owner>/<repo>",
+        ),
         ({"repository_url": "https://github.com/someone"}, "github.com/<owner>/<repo>"),
         ({"repository_branch": ""}, "repository.branch"),
         ({"launch_buttons": {}}, "colab_url"),
@@ -190,7 +229,12 @@ def test_badge_rejects_an_unusable_configuration(change: dict, message: str) -> 
 
 def test_landing_page_has_the_roadmap_and_three_ways_in(site: Path) -> None:
     text = page(site, TOC["root"])
-    assert "Start here" in text and "Reading the book" in text and "on Colab" in text and "Reusing the package" in text
+    assert (
+        "Start here" in text
+        and "Reading the book" in text
+        and "on Colab" in text
+        and "Reusing the package" in text
+    )
     roadmap = text[text.index("Roadmap") :]
     main_path = [name for name in NOTEBOOK_CHAPTERS if Path(name).name[0].isdigit()]
     assert [name for name in main_path if f'href="../{name}.html"' not in roadmap] == []
@@ -210,28 +254,45 @@ def public_names(module: Path) -> list[str]:
 
 def exported_module(notebook: str) -> str | None:
     """The module a chapter exports (its ``#| default_exp``), or None."""
-    found = re.search(r"#\s*\|\s*default_exp\s+(\w+)", (ROOT / f"{notebook}.ipynb").read_text(encoding="utf-8"))
+    found = re.search(
+        r"#\s*\|\s*default_exp\s+(\w+)",
+        (ROOT / f"{notebook}.ipynb").read_text(encoding="utf-8"),
+    )
     return None if found is None else found.group(1)
 
 
 def test_api_reference_documents_every_public_name(site: Path) -> None:
     anchors = set(re.findall(r'id="(going_modular\.[\w.]+)"', page(site, "book/api")))
-    modules = sorted(path for path in (ROOT / "going_modular").glob("*.py") if path.stem != "__init__")
-    expected = [f"going_modular.{path.stem}.{name}" for path in modules for name in public_names(path)]
+    modules = sorted(
+        path
+        for path in (ROOT / "going_modular").glob("*.py")
+        if path.stem != "__init__"
+    )
+    expected = [
+        f"going_modular.{path.stem}.{name}"
+        for path in modules
+        for name in public_names(path)
+    ]
     assert len(expected) > 100
     missing = [name for name in expected if name not in anchors]
     assert not missing, f"book/api.md does not document {missing}"
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_CHAPTERS)
-def test_chapters_and_their_reference_entries_link_to_each_other(site: Path, name: str) -> None:
+def test_chapters_and_their_reference_entries_link_to_each_other(
+    site: Path, name: str
+) -> None:
     module = exported_module(name)
     if module is None:
         pytest.skip(f"{name} exports nothing")
     target = "going_modular" if module == "__init__" else f"going_modular.{module}"
     assert f'href="../book/api.html#module-{target}"' in page(site, name)
     reference = page(site, "book/api")
-    section = reference[reference.index(f'id="module-{target}"') - 3000 : reference.index(f'id="module-{target}"')]
+    section = reference[
+        reference.index(f'id="module-{target}"') - 3000 : reference.index(
+            f'id="module-{target}"'
+        )
+    ]
     assert f'href="../{name}.html"' in section
 
 
@@ -262,7 +323,9 @@ Promise.all(images.map((image) => image.complete ? null : new Promise((r) => { i
 """
 # Code cells as the reader sees them: the blocks that scroll sideways, and how many characters the narrowest
 # input block shows per line (the notebooks are formatted at CODE_WIDTH).
-CODE_WIDTH = 88
+CODE_WIDTH = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"][
+    "line-length"
+]
 CODE_BLOCKS = """
 const blocks = [...document.querySelectorAll("div.cell div.highlight pre")];
 const scrolling = blocks.filter((pre) => pre.scrollWidth > pre.clientWidth + 1).map((pre) => pre.textContent.slice(0, 60));
@@ -329,7 +392,9 @@ def served(site: Path):
         yield url
 
 
-def check_page(driver, url: str, *, colab: str | None = None, screenshot: Path | None = None) -> list[str]:
+def check_page(
+    driver, url: str, *, colab: str | None = None, screenshot: Path | None = None
+) -> list[str]:
     """What is wrong with the page at ``url`` as a browser shows it; [] when nothing is."""
     from selenium.webdriver.common.by import By
 
@@ -347,16 +412,25 @@ def check_page(driver, url: str, *, colab: str | None = None, screenshot: Path |
     broken = driver.execute_async_script(BROKEN_IMAGES)
     if broken:
         problems.append(f"images that did not load: {broken}")
-    errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    errors = [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE"
+    ]
     if errors:
         problems.append(f"console errors: {errors}")
     scrolling, fits = driver.execute_script(CODE_BLOCKS)
     if scrolling:
         problems.append(f"code blocks that scroll sideways: {scrolling}")
     if fits is not None and fits < CODE_WIDTH:
-        problems.append(f"a code cell shows {fits} characters per line, fewer than the notebooks' {CODE_WIDTH}")
+        problems.append(
+            f"a code cell shows {fits} characters per line, fewer than the notebooks' {CODE_WIDTH}"
+        )
     if colab is not None:
-        badges = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, ".colab-badge a")]
+        badges = [
+            a.get_attribute("href")
+            for a in driver.find_elements(By.CSS_SELECTOR, ".colab-badge a")
+        ]
         if badges != [colab]:
             problems.append(f"Colab badge links {badges}, expected [{colab}]")
     if screenshot is not None:
@@ -369,22 +443,39 @@ def check_page(driver, url: str, *, colab: str | None = None, screenshot: Path |
 def test_page_in_a_browser(browser, served: str, name: str) -> None:
     colab = expected_colab_url(f"{name}.ipynb") if name in NOTEBOOK_CHAPTERS else None
     shot = SCREENSHOTS / f"{name.replace('/', '__')}.png"
-    assert check_page(browser, f"{served}/{name}.html", colab=colab, screenshot=shot) == []
+    assert (
+        check_page(browser, f"{served}/{name}.html", colab=colab, screenshot=shot) == []
+    )
 
 
 def test_search_finds_position_embedding_offline(browser, served: str) -> None:
     browser.get(f"{served}/search.html?q=position+embedding")
     deadline = time.monotonic() + 30
-    while not (hits := browser.execute_script(SEARCH_HITS)) and time.monotonic() < deadline:
+    while (
+        not (hits := browser.execute_script(SEARCH_HITS))
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.2)
     assert hits > 0
 
 
 BREAKAGES = {
     # In the chapter's text, which MathJax leaves alone unless the build marked it as maths.
-    "raw formula": ('heading">#</a></h1>', r'heading">#</a></h1><p>\(x^2\) and $$y$$</p>', "raw LaTeX"),
-    "broken image": ("</main>", '<img src="no-such-figure.png" alt="missing"></main>', "images that did not load"),
-    "console error": ("</main>", "<script>console.error('broken on purpose')</script></main>", "console errors"),
+    "raw formula": (
+        'heading">#</a></h1>',
+        r'heading">#</a></h1><p>\(x^2\) and $$y$$</p>',
+        "raw LaTeX",
+    ),
+    "broken image": (
+        "</main>",
+        '<img src="no-such-figure.png" alt="missing"></main>',
+        "images that did not load",
+    ),
+    "console error": (
+        "</main>",
+        "<script>console.error('broken on purpose')</script></main>",
+        "console errors",
+    ),
     "code that scrolls": (
         "</head>",
         "<style>div.cell div.highlight pre { white-space: pre; overflow-x: auto; }</style></head>",
@@ -399,16 +490,22 @@ BREAKAGES = {
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES)
-def test_the_browser_check_catches_a_broken_page(browser, served: str, site: Path, breakage: str) -> None:
+def test_the_browser_check_catches_a_broken_page(
+    browser, served: str, site: Path, breakage: str
+) -> None:
     name = NOTEBOOK_CHAPTERS[4]
     original = site / f"{name}.html"
     old, new, expected = BREAKAGES[breakage]
     text = original.read_text(encoding="utf-8")
     assert old in text
-    copy = original.with_name(f"broken-{breakage.replace(' ', '-')}.html")  # beside it: relative links still work
+    copy = original.with_name(
+        f"broken-{breakage.replace(' ', '-')}.html"
+    )  # beside it: relative links still work
     copy.write_text(text.replace(old, new, 1), encoding="utf-8")
     url = f"{served}/{copy.relative_to(site).as_posix()}"
     colab = expected_colab_url(f"{name}.ipynb")
-    assert check_page(browser, f"{served}/{name}.html", colab=colab) == []  # the page itself is fine
+    assert (
+        check_page(browser, f"{served}/{name}.html", colab=colab) == []
+    )  # the page itself is fine
     problems = check_page(browser, url, colab=colab)
     assert any(expected in problem for problem in problems), problems

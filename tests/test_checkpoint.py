@@ -11,7 +11,14 @@ import torch
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 
-from conftest import DIGITS_CLASSES, DIGITS_SPEC, DIGITS_VIT, corrupt, edit_config, randomise_all
+from conftest import (
+    DIGITS_CLASSES,
+    DIGITS_SPEC,
+    DIGITS_VIT,
+    corrupt,
+    edit_config,
+    randomise_all,
+)
 from going_modular.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -82,13 +89,19 @@ def test_the_module_imports_and_reads_without_torch(checkpoint):
 
 
 def test_saving_again_replaces_the_checkpoint(checkpoint, tmp_path):
-    save_model(randomise_all(ViT(DIGITS_VIT, depth=1), 0.5, replace=True), checkpoint, metadata())
+    save_model(
+        randomise_all(ViT(DIGITS_VIT, depth=1), 0.5, replace=True),
+        checkpoint,
+        metadata(),
+    )
     loaded, _ = load_model(checkpoint)
     assert loaded.config.depth == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
-def test_a_failed_save_keeps_the_old_checkpoint(random_digits_vit, checkpoint, tmp_path, monkeypatch):
+def test_a_failed_save_keeps_the_old_checkpoint(
+    random_digits_vit, checkpoint, tmp_path, monkeypatch
+):
     import safetensors.torch
 
     def broken_save(*args, **kwargs):
@@ -105,26 +118,44 @@ def test_mismatched_model_lists_every_difference(checkpoint):
     with pytest.raises(CheckpointMismatchError) as info:
         load_weights(ViT(DIGITS_VIT, embed_dim=32, depth=1), checkpoint)
     message = str(info.value)
-    assert "embed_dim: checkpoint 16, model 32" in message and "depth: checkpoint 2, model 1" in message
+    assert (
+        "embed_dim: checkpoint 16, model 32" in message
+        and "depth: checkpoint 2, model 1" in message
+    )
     assert "unexpected tensor blocks.1.ln_1.weight" in message
-    assert "tensor class_token: checkpoint shape (1, 1, 16), model (1, 1, 32)" in message
-    assert isinstance(info.value, CheckpointError) and isinstance(info.value, ValueError)
+    assert (
+        "tensor class_token: checkpoint shape (1, 1, 16), model (1, 1, 32)" in message
+    )
+    assert isinstance(info.value, CheckpointError) and isinstance(
+        info.value, ValueError
+    )
 
 
 def test_load_weights_into_a_matching_model(random_digits_vit, checkpoint):
     fresh = ViT(DIGITS_VIT)
     assert load_weights(fresh, checkpoint) == metadata()
     saved = random_digits_vit.state_dict().values()
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), saved, strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(fresh.state_dict().values(), saved, strict=True)
+    )
 
 
 @pytest.mark.parametrize(
     "bad_metadata, error, message",
     [
         ({"class_names": DIGITS_CLASSES}, ValueError, "preprocessing"),
-        ({"class_names": DIGITS_CLASSES[:3], "preprocessing": DIGITS_SPEC}, ValueError, "class_names"),
         (
-            {"class_names": DIGITS_CLASSES, "preprocessing": DIGITS_SPEC, "when": object()},
+            {"class_names": DIGITS_CLASSES[:3], "preprocessing": DIGITS_SPEC},
+            ValueError,
+            "class_names",
+        ),
+        (
+            {
+                "class_names": DIGITS_CLASSES,
+                "preprocessing": DIGITS_SPEC,
+                "when": object(),
+            },
             TypeError,
             "JSON serializable",
         ),
@@ -162,7 +193,11 @@ def test_missing_files_are_file_not_found(checkpoint, missing):
 )
 def test_invalid_configs_are_refused_by_every_loader(checkpoint, edit, message):
     edit_config(checkpoint, edit)
-    for load in (read_checkpoint, load_model, lambda p: load_weights(ViT(DIGITS_VIT), p)):
+    for load in (
+        read_checkpoint,
+        load_model,
+        lambda p: load_weights(ViT(DIGITS_VIT), p),
+    ):
         with pytest.raises(CheckpointError, match=message):
             load(checkpoint)
 
@@ -170,15 +205,26 @@ def test_invalid_configs_are_refused_by_every_loader(checkpoint, edit, message):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda d: d["model"].update(em9ed_dim=64), "unexpected keyword argument 'em9ed_dim'"),  # a corrupted key
-        (lambda d: d["model"].update(num_heads=5), "embed_dim must be divisible by num_heads"),
+        (
+            lambda d: d["model"].update(em9ed_dim=64),
+            "unexpected keyword argument 'em9ed_dim'",
+        ),  # a corrupted key
+        (
+            lambda d: d["model"].update(num_heads=5),
+            "embed_dim must be divisible by num_heads",
+        ),
         (lambda d: d["model"].update(drop_rate=-1), "drop_rate must be in"),
         (lambda d: d["model"].update(global_pool="max"), "global_pool must be"),
     ],
 )
-def test_configs_that_vitconfig_refuses_are_checkpoint_errors_naming_the_file(checkpoint, edit, message):
+def test_configs_that_vitconfig_refuses_are_checkpoint_errors_naming_the_file(
+    checkpoint, edit, message
+):
     edit_config(checkpoint, edit)
-    with pytest.raises(CheckpointError, match=f"{CONFIG_FILE}: 'model' is no valid ViTConfig: .*{message}"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"{CONFIG_FILE}: 'model' is no valid ViTConfig: .*{message}",
+    ):
         load_model(checkpoint)
 
 
@@ -189,7 +235,16 @@ def test_malformed_json_is_refused(checkpoint):
 
 
 @pytest.mark.parametrize(
-    "case", ["truncated", "short", "huge-header-length", "not-json", "bad-offsets", "bad-dtype", "no-shape"]
+    "case",
+    [
+        "truncated",
+        "short",
+        "huge-header-length",
+        "not-json",
+        "bad-offsets",
+        "bad-dtype",
+        "no-shape",
+    ],
 )
 def test_malformed_safetensors_are_refused(checkpoint, case):
     file = checkpoint / WEIGHTS_FILE
@@ -208,7 +263,10 @@ def test_read_safetensors_reads_every_dtype_and_widens_bfloat16(tmp_path):
     }
     save_numpy(arrays, tmp_path / "a.safetensors")
     read = read_safetensors(tmp_path / "a.safetensors")
-    assert all(read[k].dtype == v.dtype and np.array_equal(read[k], v) for k, v in arrays.items())
+    assert all(
+        read[k].dtype == v.dtype and np.array_equal(read[k], v)
+        for k, v in arrays.items()
+    )
     from safetensors.torch import save_file
 
     values = torch.tensor([1.0, -2.5, 3.140625, 1e-3])
@@ -230,7 +288,10 @@ def test_global_pool_is_saved_and_older_checkpoints_mean_the_class_token(tmp_pat
     token = save_model(ViT(DIGITS_VIT), tmp_path / "old", metadata())
     edit_config(token, lambda d: d["model"].pop("global_pool"))
     assert load_model(token)[0].config.global_pool == "token"
-    with pytest.raises(CheckpointMismatchError, match="hyperparameter global_pool: checkpoint 'token', model 'avg'"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match="hyperparameter global_pool: checkpoint 'token', model 'avg'",
+    ):
         load_weights(ViT(DIGITS_VIT, global_pool="avg"), token)
 
 
@@ -249,6 +310,12 @@ def test_mutated_config_json_loads_or_is_a_checkpoint_error(checkpoint):
             load_model(checkpoint)
             outcomes["loaded"] += 1
         except CheckpointError as err:
-            assert CONFIG_FILE in str(err) or WEIGHTS_FILE in str(err) or "checkpoint" in str(err), err
+            assert (
+                CONFIG_FILE in str(err)
+                or WEIGHTS_FILE in str(err)
+                or "checkpoint" in str(err)
+            ), err
             outcomes["refused"] += 1
-    assert outcomes["refused"] > 100 and outcomes["loaded"] > 10, outcomes  # both kinds of mutation were drawn
+    assert outcomes["refused"] > 100 and outcomes["loaded"] > 10, (
+        outcomes
+    )  # both kinds of mutation were drawn

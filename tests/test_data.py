@@ -23,7 +23,9 @@ from going_modular.data import (
 )
 
 
-def write_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 3, size=(12, 10)) -> Path:
+def write_image_folder(
+    root: Path, classes=("cat", "dog"), per_class: int = 3, size=(12, 10)
+) -> Path:
     """A tiny ImageFolder with train/ and test/ splits of random RGB PNGs."""
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
@@ -54,7 +56,9 @@ def spec():
     ],
 )
 def test_make_preprocessing_rejects_bad_values(kwargs, message):
-    arguments = dict(img_size=8, channels=1, max_value=16.0, mean=[0.5], std=[0.5]) | kwargs
+    arguments = (
+        dict(img_size=8, channels=1, max_value=16.0, mean=[0.5], std=[0.5]) | kwargs
+    )
     with pytest.raises(ValueError, match=message):
         make_preprocessing(**arguments)
 
@@ -68,8 +72,12 @@ def test_preprocess_scales_and_normalises(spec):
 
 
 def test_preprocess_resizes_and_converts_channels():
-    spec = make_preprocessing((6, 4), channels=3, max_value=255.0, mean=[0.0] * 3, std=[1.0] * 3)
-    grey = Image.fromarray(np.full((20, 30), 255, dtype=np.uint8))  # a constant image stays constant
+    spec = make_preprocessing(
+        (6, 4), channels=3, max_value=255.0, mean=[0.0] * 3, std=[1.0] * 3
+    )
+    grey = Image.fromarray(
+        np.full((20, 30), 255, dtype=np.uint8)
+    )  # a constant image stays constant
     x = Preprocess(spec)(grey)
     assert x.shape == (3, 6, 4)
     torch.testing.assert_close(x, torch.ones(3, 6, 4))
@@ -85,8 +93,12 @@ def test_preprocess_rejects_bad_input(spec):
 
 
 def test_augmented_transform_keeps_shape_and_varies():
-    spec = make_preprocessing(16, channels=3, max_value=255.0, mean=[0.5] * 3, std=[0.5] * 3)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    spec = make_preprocessing(
+        16, channels=3, max_value=255.0, mean=[0.5] * 3, std=[0.5] * 3
+    )
+    image = Image.fromarray(
+        np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    )
     augment = build_transform(spec, augment=True)
     torch.manual_seed(0)
     outputs = [augment(image) for _ in range(8)]
@@ -101,10 +113,16 @@ def test_digits_split_is_stratified_and_seeded():
     assert len(data.train) + len(data.test) == 1797
     assert data.class_names == [str(d) for d in range(10)]
     train_labels, test_labels = data.train.tensors[1], data.test.tensors[1]
-    counts = torch.bincount(train_labels, minlength=10) + torch.bincount(test_labels, minlength=10)
-    assert torch.all((torch.bincount(test_labels, minlength=10) - 0.2 * counts).abs() <= 1)
+    counts = torch.bincount(train_labels, minlength=10) + torch.bincount(
+        test_labels, minlength=10
+    )
+    assert torch.all(
+        (torch.bincount(test_labels, minlength=10) - 0.2 * counts).abs() <= 1
+    )
     assert torch.equal(load_digits_data(seed=0).test.tensors[0], data.test.tensors[0])
-    assert not torch.equal(load_digits_data(seed=1).test.tensors[0], data.test.tensors[0])
+    assert not torch.equal(
+        load_digits_data(seed=1).test.tensors[0], data.test.tensors[0]
+    )
     image = data.train.tensors[0]
     assert image.shape[1:] == (1, 8, 8) and image.min() == -1 and image.max() == 1
 
@@ -128,7 +146,9 @@ def test_image_folder_keeps_class_names(tmp_path):
 
 
 def test_image_folder_in_grey(tmp_path):
-    data = load_image_folder(write_image_folder(tmp_path / "pets"), img_size=8, channels=1)
+    data = load_image_folder(
+        write_image_folder(tmp_path / "pets"), img_size=8, channels=1
+    )
     assert data.train[0][0].shape == (1, 8, 8) and len(data.preprocessing["mean"]) == 1
 
 
@@ -151,7 +171,9 @@ def test_unreadable_image_is_named_before_training(tmp_path):
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     with pytest.raises(UnreadableImageError, match="broken.png"):
         load_image_folder(root, img_size=8)
-    data = load_image_folder(root, img_size=8, check_images=False)  # found later, when it is read
+    data = load_image_folder(
+        root, img_size=8, check_images=False
+    )  # found later, when it is read
     index = [Path(p).name for p, _ in data.train.samples].index("broken.png")
     with pytest.raises(UnreadableImageError, match="broken.png"):
         data.train[index]
@@ -168,12 +190,20 @@ def test_read_image_returns_a_loaded_copy(tmp_path):
 
 def test_dataloaders_are_seeded():
     data = load_digits_data(seed=0)
-    first = [labels for _, labels in create_dataloaders(data, batch_size=100, seed=3)[0]]
-    again = [labels for _, labels in create_dataloaders(data, batch_size=100, seed=3)[0]]
-    other = [labels for _, labels in create_dataloaders(data, batch_size=100, seed=4)[0]]
+    first = [
+        labels for _, labels in create_dataloaders(data, batch_size=100, seed=3)[0]
+    ]
+    again = [
+        labels for _, labels in create_dataloaders(data, batch_size=100, seed=3)[0]
+    ]
+    other = [
+        labels for _, labels in create_dataloaders(data, batch_size=100, seed=4)[0]
+    ]
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
-    assert sum(len(b) for b in first) == len(data.train) // 100 * 100  # the last incomplete batch is dropped
+    assert (
+        sum(len(b) for b in first) == len(data.train) // 100 * 100
+    )  # the last incomplete batch is dropped
 
 
 def test_dataloaders_test_split_is_not_shuffled_and_cpu_does_not_pin():
@@ -187,8 +217,12 @@ def test_dataloaders_test_split_is_not_shuffled_and_cpu_does_not_pin():
 
 
 def test_worker_augmentations_repeat_under_a_seed(tmp_path):
-    data = load_image_folder(write_image_folder(tmp_path / "pets"), img_size=8, augment=True)
-    assert create_dataloaders(data, batch_size=6)[0].num_workers >= 1  # files are decoded in workers by default
+    data = load_image_folder(
+        write_image_folder(tmp_path / "pets"), img_size=8, augment=True
+    )
+    assert (
+        create_dataloaders(data, batch_size=6)[0].num_workers >= 1
+    )  # files are decoded in workers by default
 
     def first_epoch(seed: int) -> torch.Tensor:
         train, _ = create_dataloaders(data, batch_size=6, seed=seed, num_workers=1)
@@ -213,17 +247,23 @@ def test_textures_shapes_dtypes_and_values(textures):
         assert masks.shape == (count, 24, 24) and masks.dtype == torch.bool
         assert images.min() >= -1.0 and images.max() <= 1.0  # (x / 255 - 0.5) / 0.5
         assert set(labels.tolist()) == {0, 1, 2, 3}
-    assert textures.preprocessing == make_preprocessing(24, 3, 255.0, [0.5] * 3, [0.5] * 3)
+    assert textures.preprocessing == make_preprocessing(
+        24, 3, 255.0, [0.5] * 3, [0.5] * 3
+    )
 
 
 def test_textures_masks_are_non_empty_objects_inside_the_image(textures):
     masks = torch.cat([textures.masks["train"], textures.masks["test"]]).float()
     area = masks.sum(dim=(1, 2))
-    smallest = np.pi * (0.2 * 24 - 1) ** 2  # a disc whose radius is at least 0.2 image sides, minus a pixel
+    smallest = (
+        np.pi * (0.2 * 24 - 1) ** 2
+    )  # a disc whose radius is at least 0.2 image sides, minus a pixel
     assert area.min() >= smallest and area.max() <= (2 * 0.85 * 0.35 * 24 + 1) ** 2
     rows, cols = masks.any(dim=2), masks.any(dim=1)  # (n, 24): where the object is
     height, width = rows.sum(dim=1), cols.sum(dim=1)
-    assert height.max() <= 2 * 0.35 * 24 + 1 and width.max() <= 2 * 0.35 * 24 + 1  # never cut by the border
+    assert (
+        height.max() <= 2 * 0.35 * 24 + 1 and width.max() <= 2 * 0.35 * 24 + 1
+    )  # never cut by the border
 
 
 def test_textures_classes_are_balanced(textures):
@@ -232,20 +272,33 @@ def test_textures_classes_are_balanced(textures):
 
 
 def test_textures_follow_the_preprocessing_spec():
-    raw, labels, masks = draw_textured_objects(6, img_size=20, rng=np.random.default_rng([5, 1]))
-    splits = load_textures_data(img_size=20, num_train=4, num_test=6, seed=5)  # test: stream 1 of seed 5
+    raw, labels, masks = draw_textured_objects(
+        6, img_size=20, rng=np.random.default_rng([5, 1])
+    )
+    splits = load_textures_data(
+        img_size=20, num_train=4, num_test=6, seed=5
+    )  # test: stream 1 of seed 5
     assert raw.dtype == np.uint8 and raw.shape == (6, 20, 20, 3)
     for i in range(6):
-        torch.testing.assert_close(Preprocess(splits.preprocessing)(raw[i]), splits.test.tensors[0][i])
+        torch.testing.assert_close(
+            Preprocess(splits.preprocessing)(raw[i]), splits.test.tensors[0][i]
+        )
     assert torch.equal(torch.from_numpy(labels), splits.test.tensors[1])
     assert torch.equal(torch.from_numpy(masks), splits.masks["test"])
 
 
 def test_textures_the_object_carries_its_texture():
-    raw, labels, masks = draw_textured_objects(40, img_size=32, rng=np.random.default_rng(0))
+    raw, labels, masks = draw_textured_objects(
+        40, img_size=32, rng=np.random.default_rng(0)
+    )
     for image, label, mask in zip(raw.astype(float), labels, masks, strict=True):
-        inside = mask[:-1, :] & mask[1:, :], mask[:, :-1] & mask[:, 1:]  # vertical and horizontal neighbours
-        dv = np.abs(np.diff(image, axis=0)).sum(axis=2)[inside[0]].mean()  # colour change, summed over RGB
+        inside = (
+            mask[:-1, :] & mask[1:, :],
+            mask[:, :-1] & mask[:, 1:],
+        )  # vertical and horizontal neighbours
+        dv = (
+            np.abs(np.diff(image, axis=0)).sum(axis=2)[inside[0]].mean()
+        )  # colour change, summed over RGB
         dh = np.abs(np.diff(image, axis=1)).sum(axis=2)[inside[1]].mean()
         if label == 0:  # horizontal stripes change from row to row, hardly along a row
             assert dv > 2 * dh, (dv, dh)
@@ -262,7 +315,9 @@ def test_textures_are_determined_by_the_seed(textures):
     assert not torch.equal(textures.train.tensors[0], other.train.tensors[0])
     assert not torch.equal(textures.masks["test"], other.masks["test"])
     longer = load_textures_data(img_size=24, num_train=300, num_test=40, seed=3)
-    assert torch.equal(longer.test.tensors[0], textures.test.tensors[0]), "the test set must not depend on num_train"
+    assert torch.equal(longer.test.tensors[0], textures.test.tensors[0]), (
+        "the test set must not depend on num_train"
+    )
 
 
 @pytest.mark.parametrize(
@@ -284,5 +339,7 @@ def test_textures_reject_bad_arguments(kwargs, message):
 def test_data_splits_without_masks_stay_compatible():
     splits = load_digits_data(seed=0)
     assert splits.masks is None
-    positional = DataSplits(splits.train, splits.test, splits.class_names, splits.preprocessing)
+    positional = DataSplits(
+        splits.train, splits.test, splits.class_names, splits.preprocessing
+    )
     assert positional.masks is None

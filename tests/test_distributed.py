@@ -33,7 +33,13 @@ from going_modular.train import main
 pytestmark = pytest.mark.slow  # torchrun and its processes (left out by `make unit`)
 
 TESTS = Path(__file__).parent
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node=2",
+]
 FLAGS = ["--epochs", "3", "--threads", "1", "--no-progress"]
 COMPARED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr")
 
@@ -41,17 +47,29 @@ COMPARED = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr")
 def test_one_process_is_rank_0_of_1_and_every_collective_returns_its_input():
     model = torch.nn.Linear(2, 2)
     assert world() == (0, 1) and replicate(model) is model
-    assert sum_over_processes(1.5, 3) == [1.5, 3] and any_process(True) and not any_process(False)
-    assert gather_objects("x") == ["x"] and start_processes(torch.device("cpu")) == torch.device("cpu")
+    assert (
+        sum_over_processes(1.5, 3) == [1.5, 3]
+        and any_process(True)
+        and not any_process(False)
+    )
+    assert gather_objects("x") == ["x"] and start_processes(
+        torch.device("cpu")
+    ) == torch.device("cpu")
 
 
 def test_distributed_hooks_change_nothing_on_one_process_and_keep_the_hooks_they_extend():
     model, wrapped = torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Linear(2, 2))
     hooks = distributed_hooks()
-    assert hooks.wrap(model) is model and hooks.reduce(1.5, 3) == [1.5, 3] and hooks.prints
+    assert (
+        hooks.wrap(model) is model and hooks.reduce(1.5, 3) == [1.5, 3] and hooks.prints
+    )
     inner = TrainingHooks(wrap=lambda m: wrapped, prints=False, epoch_end=print)
     extended = distributed_hooks(inner)
-    assert extended.wrap(model) is wrapped and not extended.prints and extended.epoch_end is print
+    assert (
+        extended.wrap(model) is wrapped
+        and not extended.prints
+        and extended.epoch_end is print
+    )
 
 
 def test_seed_this_process_leaves_rank_0_and_reseeds_the_others(monkeypatch):
@@ -72,10 +90,14 @@ def test_the_shares_of_a_step_are_the_single_process_batch(processes):
     batch = 12 * processes
 
     def order(processes: int, rank: int) -> list[torch.Tensor]:
-        loader, test = create_dataloaders(data, batch_size=batch, seed=5, processes=processes, rank=rank)
+        loader, test = create_dataloaders(
+            data, batch_size=batch, seed=5, processes=processes, rank=rank
+        )
         loader.sampler.set_epoch(3)
         indices = torch.tensor(list(loader.sampler))
-        return list(indices[: len(loader) * loader.batch_size].split(loader.batch_size)), list(test.sampler)
+        return list(
+            indices[: len(loader) * loader.batch_size].split(loader.batch_size)
+        ), list(test.sampler)
 
     single, single_test = order(1, 0)
     shares = [order(processes, rank) for rank in range(processes)]
@@ -83,7 +105,11 @@ def test_the_shares_of_a_step_are_the_single_process_batch(processes):
     for step, whole in enumerate(single):
         together = torch.cat([share[step] for share, _ in shares])
         assert torch.equal(together.sort().values, whole.sort().values)
-    assert sorted(i for _, test in shares for i in test) == single_test == list(range(len(data.test)))
+    assert (
+        sorted(i for _, test in shares for i in test)
+        == single_test
+        == list(range(len(data.test)))
+    )
 
 
 @pytest.mark.parametrize(
@@ -101,11 +127,16 @@ def test_create_dataloaders_refuses_impossible_shares(kwargs, message):
 
 
 def test_batch_size_must_split_over_the_processes(monkeypatch, capsys):
-    monkeypatch.setattr("going_modular.distributed.start_processes", lambda device: device)
+    monkeypatch.setattr(
+        "going_modular.distributed.start_processes", lambda device: device
+    )
     monkeypatch.setattr("going_modular.distributed.world", lambda: (0, 3))
     with pytest.raises(SystemExit) as info:
         main(["--batch-size", "64"])
-    assert info.value.code == 2 and "must be a multiple of the 3 processes" in capsys.readouterr().err
+    assert (
+        info.value.code == 2
+        and "must be a multiple of the 3 processes" in capsys.readouterr().err
+    )
 
 
 def torchrun(*command: str, **popen: object) -> subprocess.Popen:
@@ -114,7 +145,12 @@ def torchrun(*command: str, **popen: object) -> subprocess.Popen:
 
 
 def test_two_gloo_replicas_stay_equal_and_match_one_process(tmp_path, one_thread):
-    process = torchrun(str(TESTS / "ddp_replicas.py"), str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = torchrun(
+        str(TESTS / "ddp_replicas.py"),
+        str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     out, _ = process.communicate(timeout=300)
     assert process.returncode == 0, out
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -122,9 +158,13 @@ def test_two_gloo_replicas_stay_equal_and_match_one_process(tmp_path, one_thread
     single = train_a_few_steps()
     assert ranks[0].keys() == ranks[1].keys() == single.keys()
     for name in single:
-        assert torch.equal(ranks[0][name], ranks[1][name]), name  # the replicas never drift apart
+        assert torch.equal(ranks[0][name], ranks[1][name]), (
+            name
+        )  # the replicas never drift apart
         torch.testing.assert_close(ranks[0][name], single[name], rtol=0, atol=1e-4)
-    assert any(not torch.equal(ranks[0][name], single[name]) for name in single)  # two real runs, not one
+    assert any(
+        not torch.equal(ranks[0][name], single[name]) for name in single
+    )  # two real runs, not one
 
 
 @pytest.fixture(scope="module")
@@ -134,28 +174,52 @@ def single_process(tmp_path_factory) -> dict:
     return json.loads((output / "metrics.json").read_text())["history"]
 
 
-def test_torchrun_stopped_by_ctrl_c_resumes_and_matches_one_process(tmp_path, single_process):
+def test_torchrun_stopped_by_ctrl_c_resumes_and_matches_one_process(
+    tmp_path, single_process
+):
     output = tmp_path / "two"
     first = torchrun(
-        "-m", "going_modular.train", *FLAGS, "--output", str(output), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        "-m",
+        "going_modular.train",
+        *FLAGS,
+        "--output",
+        str(output),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     state_file = output / TRAINING_STATE_FILE
     deadline = time.monotonic() + 300
-    while not state_file.exists() and first.poll() is None and time.monotonic() < deadline:
+    while (
+        not state_file.exists() and first.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
-    first.send_signal(signal.SIGINT)  # as Ctrl-C in a terminal: torchrun passes it on to both processes
+    first.send_signal(
+        signal.SIGINT
+    )  # as Ctrl-C in a terminal: torchrun passes it on to both processes
     _, err = first.communicate(timeout=120)
     assert first.returncode != 0 and "stopped in epoch" in err, err
-    command = next(line.strip() for line in err.splitlines() if line.strip().startswith("torchrun "))
+    command = next(
+        line.strip()
+        for line in err.splitlines()
+        if line.strip().startswith("torchrun ")
+    )
     assert (
         command
         == f"torchrun --standalone --nproc_per_node=2 -m going_modular.train {shlex.join(FLAGS)} --output {output} --resume"
     )
     saved = read_training_state(state_file)
-    assert saved["settings"]["processes"] == 2 and len(saved["rng"]) == 2 and 1 <= saved["epoch"] < 3
-    assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])  # each process's own generators
+    assert (
+        saved["settings"]["processes"] == 2
+        and len(saved["rng"]) == 2
+        and 1 <= saved["epoch"] < 3
+    )
+    assert not torch.equal(
+        saved["rng"][0]["torch"], saved["rng"][1]["torch"]
+    )  # each process's own generators
 
-    second = torchrun(*shlex.split(command)[3:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    second = torchrun(
+        *shlex.split(command)[3:], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     out, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
     assert f"resuming after epoch {saved['epoch']}" in out and "2 process(es)" in out
@@ -166,4 +230,6 @@ def test_torchrun_stopped_by_ctrl_c_resumes_and_matches_one_process(tmp_path, si
     # the test loss after epoch 2 differed by 4.1e-3 on an AVX512 host (under 2e-3 on the one before).
     for key in COMPARED:
         atol = 0.006 if key.endswith("accuracy") else 5e-3
-        np.testing.assert_allclose(two[key], single_process[key], rtol=0, atol=atol, err_msg=key)
+        np.testing.assert_allclose(
+            two[key], single_process[key], rtol=0, atol=atol, err_msg=key
+        )

@@ -21,7 +21,11 @@ class Crash(Exception):
 def test_a_file_appears_only_when_the_block_succeeds(tmp_path):
     target = tmp_path / "sub" / "metrics.json"  # the parent is created
     with atomic_write(target) as tmp:
-        assert tmp.parent == target.parent and tmp.name.startswith(".metrics.json.") and tmp.name.endswith(".part")
+        assert (
+            tmp.parent == target.parent
+            and tmp.name.startswith(".metrics.json.")
+            and tmp.name.endswith(".part")
+        )
         tmp.write_text("new")
         assert not target.exists()
     assert target.read_text() == "new"
@@ -49,7 +53,9 @@ def test_a_folder_replaces_an_existing_folder(tmp_path):
         assert tmp.is_dir() and not any(tmp.iterdir())
         (tmp / "new.txt").write_text("2")
     assert [p.name for p in target.iterdir()] == ["new.txt"]
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # the old folder moved aside was deleted
+    assert [p.name for p in tmp_path.iterdir()] == [
+        "ckpt"
+    ]  # the old folder moved aside was deleted
 
 
 @pytest.mark.slow
@@ -61,7 +67,12 @@ def test_permissions_follow_the_umask_like_open_and_mkdir(tmp_path):
         "with atomic_write(root / 'd', folder=True) as tmp: pass\n"
         "print(oct(stat.S_IMODE((root / 'f').stat().st_mode)), oct(stat.S_IMODE((root / 'd').stat().st_mode)))\n"
     )
-    run = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert run.stdout.split() == [oct(0o640), oct(0o750)]
 
 
@@ -73,7 +84,9 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_single_top_level_folder_is_unwrapped_even_when_a_child_shares_its_name(tmp_path):
+def test_a_single_top_level_folder_is_unwrapped_even_when_a_child_shares_its_name(
+    tmp_path,
+):
     archive = tmp_path / "a.zip"
     archive.write_bytes(zip_bytes({"data/data": b"inner", "data/train/x.txt": b"x"}))
     dest = extract_archive(archive, tmp_path / "out")
@@ -84,7 +97,9 @@ def test_a_single_top_level_folder_is_unwrapped_even_when_a_child_shares_its_nam
 def test_several_top_level_entries_are_kept_as_they_are(tmp_path):
     archive = tmp_path / "a.zip"
     archive.write_bytes(zip_bytes({"train/x.txt": b"x", "test/y.txt": b"y"}))
-    assert sorted(p.name for p in extract_archive(archive, tmp_path / "out").iterdir()) == ["test", "train"]
+    assert sorted(
+        p.name for p in extract_archive(archive, tmp_path / "out").iterdir()
+    ) == ["test", "train"]
 
 
 def test_a_tar_member_outside_the_destination_is_refused(tmp_path):
@@ -95,7 +110,10 @@ def test_a_tar_member_outside_the_destination_is_refused(tmp_path):
         tf.addfile(info, io.BytesIO(b"boom"))
     with pytest.raises(DownloadError, match="corrupt archive"):
         extract_archive(archive, tmp_path / "jail" / "out")
-    assert not (tmp_path / "jail" / "escaped.txt").exists() and not (tmp_path / "escaped.txt").exists()
+    assert (
+        not (tmp_path / "jail" / "escaped.txt").exists()
+        and not (tmp_path / "escaped.txt").exists()
+    )
     assert list((tmp_path / "jail").iterdir()) == []
 
 
@@ -106,5 +124,7 @@ def test_the_module_imports_only_the_standard_library():
         "extra = {m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)\n"
         "print(sorted(extra))\n"
     )
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
     assert run.stdout.strip() == "['going_modular']"

@@ -9,7 +9,15 @@ from going_modular.checkpoint import save_model
 from going_modular.finetune import adapt, from_pretrained, pretrained_config
 from going_modular.vit import ViT, ViTConfig
 
-CONFIG = ViTConfig(img_size=16, patch_size=4, in_channels=1, num_classes=3, embed_dim=32, depth=1, num_heads=2)
+CONFIG = ViTConfig(
+    img_size=16,
+    patch_size=4,
+    in_channels=1,
+    num_classes=3,
+    embed_dim=32,
+    depth=1,
+    num_heads=2,
+)
 
 
 def test_adapt_replaces_the_head_with_a_zero_one_without_pre_logits():
@@ -17,7 +25,9 @@ def test_adapt_replaces_the_head_with_a_zero_one_without_pre_logits():
     model = randomise_all(ViT(CONFIG, representation_size=8), std=0.1)
     features = model.forward_features(torch.randn(2, 1, 16, 16))[:, 0]
     assert adapt(model, num_classes=7) is model
-    assert isinstance(model.pre_logits, torch.nn.Identity) and model.head.weight.shape == (7, 32)
+    assert isinstance(
+        model.pre_logits, torch.nn.Identity
+    ) and model.head.weight.shape == (7, 32)
     assert model.config.num_classes == 7 and model.config.representation_size is None
     logits = model(torch.randn(2, 1, 16, 16))
     assert logits.shape == (2, 7) and logits.abs().max() == 0
@@ -33,12 +43,17 @@ def test_adapt_interpolates_the_grid_and_keeps_the_class_row():
     adapt(model, img_size=(24, 32))
     grid = old[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
     expected = (
-        F.interpolate(grid, size=(6, 8), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 48, 32)
+        F.interpolate(grid, size=(6, 8), mode="bicubic", align_corners=False)
+        .permute(0, 2, 3, 1)
+        .reshape(1, 48, 32)
     )
     torch.testing.assert_close(model.position_embedding[:, 1:].detach(), expected)
     assert torch.equal(model.position_embedding[:, 0], old[:, 0])
     assert model.grid_size == (6, 8) and model.config.img_size == (24, 32)
-    assert isinstance(model.position_embedding, torch.nn.Parameter) and model.position_embedding.requires_grad
+    assert (
+        isinstance(model.position_embedding, torch.nn.Parameter)
+        and model.position_embedding.requires_grad
+    )
     assert model(torch.randn(1, 1, 24, 32)).shape == (1, 3)
     with pytest.raises(ValueError, match="multiple of patch_size"):
         adapt(model, img_size=18)
@@ -47,14 +62,21 @@ def test_adapt_interpolates_the_grid_and_keeps_the_class_row():
 def test_from_pretrained_checkpoint_folder(tmp_path):
     torch.manual_seed(0)
     model = randomise_all(ViT(CONFIG), std=0.1)
-    folder = save_model(model, tmp_path / "ckpt", {"class_names": ["a", "b", "c"], "preprocessing": {}})
+    folder = save_model(
+        model, tmp_path / "ckpt", {"class_names": ["a", "b", "c"], "preprocessing": {}}
+    )
     assert pretrained_config(folder) == model.config
     same = from_pretrained(folder).eval()
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(same(x), model.eval()(x))
     moved = from_pretrained(folder, img_size=32, num_classes=5)
-    assert moved.position_embedding.shape == (1, 1 + 8 * 8, 32) and moved.head.weight.abs().max() == 0
-    assert from_pretrained(folder, img_size=16, num_classes=3).head.weight.abs().max() > 0  # nothing to change
+    assert (
+        moved.position_embedding.shape == (1, 1 + 8 * 8, 32)
+        and moved.head.weight.abs().max() == 0
+    )
+    assert (
+        from_pretrained(folder, img_size=16, num_classes=3).head.weight.abs().max() > 0
+    )  # nothing to change
     with pytest.raises(FileNotFoundError):
         from_pretrained(tmp_path / "missing")

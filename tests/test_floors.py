@@ -206,7 +206,11 @@ def declared_python() -> tuple[int, int]:
 
 
 def declared_floor(name: str) -> Version:
-    [requirement] = [r for r in map(Requirement, PYPROJECT["project"]["dependencies"]) if r.name == name]
+    [requirement] = [
+        r
+        for r in map(Requirement, PYPROJECT["project"]["dependencies"])
+        if r.name == name
+    ]
     [spec] = [s for s in requirement.specifier if s.operator == ">="]
     return Version(spec.version)
 
@@ -220,11 +224,17 @@ def names_used(tree: ast.Module) -> tuple[set[str], set[tuple[str, str]]]:
             for item in node.names:
                 if item.name.split(".")[0] in ROOTS:
                     used.add(item.name)
-                    if item.asname:  # import torch.nn.functional as F: F is torch.nn.functional
+                    if (
+                        item.asname
+                    ):  # import torch.nn.functional as F: F is torch.nn.functional
                         alias[item.asname] = item.name
                     else:  # import torch.nn: binds torch
                         alias[item.name.split(".")[0]] = item.name.split(".")[0]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in ROOTS:
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").split(".")[0] in ROOTS
+        ):
             for item in node.names:
                 used.add(f"{node.module}.{item.name}")
                 alias[item.asname or item.name] = f"{node.module}.{item.name}"
@@ -238,10 +248,16 @@ def names_used(tree: ast.Module) -> tuple[set[str], set[tuple[str, str]]]:
             return ".".join([alias[node.id], *reversed(parts)])
         return None
 
-    inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    inner = {
+        id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+    }
     keywords: set[tuple[str, str]] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute | ast.Name) and id(node) not in inner and isinstance(node.ctx, ast.Load):
+        if (
+            isinstance(node, ast.Attribute | ast.Name)
+            and id(node) not in inner
+            and isinstance(node.ctx, ast.Load)
+        ):
             if (name := resolve(node)) is not None:
                 used.add(name)
         if isinstance(node, ast.Call) and (name := resolve(node.func)) is not None:
@@ -249,7 +265,9 @@ def names_used(tree: ast.Module) -> tuple[set[str], set[tuple[str, str]]]:
     return used, keywords
 
 
-def used_by_the_package() -> tuple[dict[str, list[str]], dict[tuple[str, str], list[str]]]:
+def used_by_the_package() -> tuple[
+    dict[str, list[str]], dict[tuple[str, str], list[str]]
+]:
     names: dict[str, list[str]] = {}
     keywords: dict[tuple[str, str], list[str]] = {}
     for path in PACKAGE_MODULES:
@@ -276,12 +294,19 @@ def test_ci_runs_the_declared_minimum_python():
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_module_parses_with_the_minimum_python_grammar(path):
-    ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=declared_python())
+    ast.parse(
+        path.read_text(encoding="utf-8"),
+        filename=str(path),
+        feature_version=declared_python(),
+    )
 
 
 def test_the_grammar_check_would_catch_newer_syntax():
     with pytest.raises(SyntaxError):  # PEP 695 generics are Python 3.12
-        ast.parse("def first[T](items: list[T]) -> T:\n    return items[0]\n", feature_version=(3, 11))
+        ast.parse(
+            "def first[T](items: list[T]) -> T:\n    return items[0]\n",
+            feature_version=(3, 11),
+        )
 
 
 # ---- torch and torchvision --------------------------------------------------------------------------
@@ -289,7 +314,11 @@ def test_the_grammar_check_would_catch_newer_syntax():
 
 def test_the_package_uses_no_torch_api_newer_than_the_declared_floor():
     names, keywords = used_by_the_package()
-    unknown = {name: where for name, where in names.items() if name not in ADDED and name not in SINCE_1X}
+    unknown = {
+        name: where
+        for name, where in names.items()
+        if name not in ADDED and name not in SINCE_1X
+    }
     assert not unknown, (
         f"torch/torchvision names with no known version: {unknown}; add each to ADDED with the release that "
         "introduced it (or to SINCE_1X if torch 1.x already had it)"
@@ -300,13 +329,23 @@ def test_the_package_uses_no_torch_api_newer_than_the_declared_floor():
         if name in ADDED and Version(ADDED[name]) > floor_of(name)
     }
     assert not too_new, f"newer than the declared floors in pyproject.toml: {too_new}"
-    late = {call: (version, keywords[call]) for call, version in KEYWORDS_ADDED.items() if call in keywords}
-    assert all(Version(version) <= floor_of(call[0]) for (call, (version, _)) in late.items()), late
+    late = {
+        call: (version, keywords[call])
+        for call, version in KEYWORDS_ADDED.items()
+        if call in keywords
+    }
+    assert all(
+        Version(version) <= floor_of(call[0]) for (call, (version, _)) in late.items()
+    ), late
 
 
 def test_the_floors_are_the_matching_torch_torchvision_pair():
-    assert declared_floor("torch") == Version("2.3")  # torch.amp.GradScaler("cuda") in going_modular.engine
-    assert declared_floor("torchvision") == Version("0.18")  # the torchvision released with torch 2.3
+    assert declared_floor("torch") == Version(
+        "2.3"
+    )  # torch.amp.GradScaler("cuda") in going_modular.engine
+    assert declared_floor("torchvision") == Version(
+        "0.18"
+    )  # the torchvision released with torch 2.3
 
 
 def test_the_table_names_exist_in_the_installed_torch():
@@ -316,7 +355,9 @@ def test_the_table_names_exist_in_the_installed_torch():
     import importlib.metadata
 
     installed = {root: Version(importlib.metadata.version(root)) for root in ROOTS}
-    for name in sorted(set(ADDED) | SINCE_1X | {function for function, _ in KEYWORDS_ADDED}):
+    for name in sorted(
+        set(ADDED) | SINCE_1X | {function for function, _ in KEYWORDS_ADDED}
+    ):
         parts = name.split(".")
         if name in ADDED and Version(ADDED[name]) > installed[parts[0]]:
             continue

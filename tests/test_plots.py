@@ -34,7 +34,9 @@ def test_confusion_matrix_agrees_with_scikit_learn():
         torch.randint(0, 4, (200,), generator=generator),
     )
     matrix = confusion_matrix(predictions, labels, num_classes=4)
-    np.testing.assert_array_equal(matrix.numpy(), sklearn_confusion_matrix(labels, predictions, labels=range(4)))
+    np.testing.assert_array_equal(
+        matrix.numpy(), sklearn_confusion_matrix(labels, predictions, labels=range(4))
+    )
     with pytest.raises(ValueError, match="equal length"):
         confusion_matrix(predictions[:5], labels, 4)
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
@@ -59,13 +61,18 @@ def test_plot_curves_draws_both_splits():
     }
     figure = plot_curves(history)
     assert [ax.get_title() for ax in figure.axes] == ["loss", "accuracy"]
-    assert all(len(ax.get_lines()) == 2 and len(ax.get_lines()[0].get_xdata()) == 3 for ax in figure.axes)
+    assert all(
+        len(ax.get_lines()) == 2 and len(ax.get_lines()[0].get_xdata()) == 3
+        for ax in figure.axes
+    )
 
 
 def test_plot_predictions_titles_true_and_predicted(random_digits_vit):
     model = random_digits_vit
     x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 10, (12,))
-    figure = plot_predictions(model, TensorDataset(x, y), DIGITS_CLASSES, DIGITS_SPEC, n=5)
+    figure = plot_predictions(
+        model, TensorDataset(x, y), DIGITS_CLASSES, DIGITS_SPEC, n=5
+    )
     titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
     assert len(titles) == 5 and all(" / " in t for t in titles)
     with pytest.raises(ValueError, match="n must be"):
@@ -89,7 +96,9 @@ def test_predict_image_from_a_file(random_digits_vit, tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "digit.png")
     spec = make_preprocessing(8, channels=1, max_value=255.0, mean=[0.5], std=[0.5])
-    name, probabilities = predict_image(model, tmp_path / "digit.png", spec, DIGITS_CLASSES)
+    name, probabilities = predict_image(
+        model, tmp_path / "digit.png", spec, DIGITS_CLASSES
+    )
     with torch.inference_mode():
         expected = model(build_transform(spec)(pixels)[None]).softmax(1)[0]
     torch.testing.assert_close(probabilities, expected)
@@ -101,4 +110,6 @@ def test_predict_image_from_a_file(random_digits_vit, tmp_path):
 def test_predict_image_names_an_unreadable_file(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(UnreadableImageError, match="bad.png"):
-        predict_image(ViT(DIGITS_VIT), tmp_path / "bad.png", DIGITS_SPEC, DIGITS_CLASSES)
+        predict_image(
+            ViT(DIGITS_VIT), tmp_path / "bad.png", DIGITS_SPEC, DIGITS_CLASSES
+        )

@@ -38,7 +38,9 @@ def test_stream_seeds_are_32_bit_functions_of_the_whole_key():
     seeds = [stream_seed(*pair) for pair in pairs]
     assert len(set(seeds)) == len(pairs)  # seed + epoch would give 19 values
     assert all(0 <= s < 2**32 for s in seeds) and stream_seed(3, 1) == stream_seed(3, 1)
-    assert stream_seed(0, 1) != stream_seed(1, 0) and stream_seed(7) == stream_seed(7, 0)  # trailing zeros: dropped
+    assert stream_seed(0, 1) != stream_seed(1, 0) and stream_seed(7) == stream_seed(
+        7, 0
+    )  # trailing zeros: dropped
 
 
 def test_get_device():

@@ -37,9 +37,13 @@ def test_help_states_each_default_once():
     text = " ".join(build_parser().format_help().split())  # undo the line wrapping
     assert "(default: None)" not in text and ") (default:" not in text
     assert (
-        "(default: the --pretrained model's, else 8 for digits, 32 for textures and cifar10, 224 for folders)" in text
+        "(default: the --pretrained model's, else 8 for digits, 32 for textures and cifar10, 224 for folders)"
+        in text
     )
-    assert "(default: 2e-3 for adamw, 0.01 for sgd)" in text and "(default: 0.05 for adamw, 0 for sgd)" in text
+    assert (
+        "(default: 2e-3 for adamw, 0.01 for sgd)" in text
+        and "(default: 0.05 for adamw, 0 for sgd)" in text
+    )
     assert "(default: min(100, 10% of the training steps))" in text
     assert "(default: 64)" in text and "(default: digits)" in text
     assert "dropout rate (default: 0.0)" in text and "shuffling (default: 0)" in text
@@ -60,7 +64,10 @@ def test_help_states_each_default_once():
         (["--epochs", "1", "--warmup-steps", "1000"], "--warmup-steps"),
         (["--optimizer", "lamb"], "--optimizer"),
         (["--pretrained", "no/such/checkpoint"], "--pretrained: "),
-        (["--pretrained", "x.npz", "--model", "B"], "--pretrained fixes the architecture: drop ['--model']"),
+        (
+            ["--pretrained", "x.npz", "--model", "B"],
+            "--pretrained fixes the architecture: drop ['--model']",
+        ),
     ],
 )
 def test_bad_flags_exit_2_with_usage(argv, message, capsys, tmp_path):
@@ -73,30 +80,73 @@ def test_bad_flags_exit_2_with_usage(argv, message, capsys, tmp_path):
 
 
 def config_of(*flags: str) -> TrainConfig:
-    return config_from_args(build_parser().parse_args(list(flags)), device=torch.device("cpu"))
+    return config_from_args(
+        build_parser().parse_args(list(flags)), device=torch.device("cpu")
+    )
 
 
 def test_the_default_flags_are_the_training_chapters_run():
     assert config_of() == TrainConfig() and config_of().model == "Micro"
-    assert config_of("--no-progress").progress is False and config_of("--compile").compile is True
+    assert (
+        config_of("--no-progress").progress is False
+        and config_of("--compile").compile is True
+    )
 
 
 def test_the_flags_resolve_the_defaults_that_depend_on_other_flags():
     sgd = config_of("--optimizer", "sgd", "--dataset", "textures", "--model", "Ti")
-    assert (sgd.lr, sgd.weight_decay, sgd.img_size, sgd.patch_size, sgd.model) == (0.01, 0.0, 32, 4, "Ti")
-    given = config_of("--optimizer", "sgd", "--lr", "0.1", "--weight-decay", "0.01", "--image-size", "16")
-    assert (given.lr, given.weight_decay, given.img_size, given.patch_size) == (0.1, 0.01, 16, 2)
+    assert (sgd.lr, sgd.weight_decay, sgd.img_size, sgd.patch_size, sgd.model) == (
+        0.01,
+        0.0,
+        32,
+        4,
+        "Ti",
+    )
+    given = config_of(
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--weight-decay",
+        "0.01",
+        "--image-size",
+        "16",
+    )
+    assert (given.lr, given.weight_decay, given.img_size, given.patch_size) == (
+        0.1,
+        0.01,
+        16,
+        2,
+    )
     folder = config_of("--dataset", "some/folder", "--data-dir", "elsewhere")
-    assert (folder.img_size, folder.patch_size, folder.data_dir) == (224, 16, "elsewhere")
+    assert (folder.img_size, folder.patch_size, folder.data_dir) == (
+        224,
+        16,
+        "elsewhere",
+    )
 
 
 def test_pretrained_sizes_come_from_its_configuration():
-    pretrained = create_vit("Micro/4", img_size=16, in_channels=1, num_classes=10).config
+    pretrained = create_vit(
+        "Micro/4", img_size=16, in_channels=1, num_classes=10
+    ).config
     args = build_parser().parse_args(["--pretrained", "run/checkpoint"])
     config = config_from_args(args, device=torch.device("cpu"), pretrained=pretrained)
-    assert (config.img_size, config.patch_size, config.model, config.pretrained) == (16, 4, None, "run/checkpoint")
-    args = build_parser().parse_args(["--pretrained", "run/checkpoint", "--image-size", "32"])
-    assert config_from_args(args, device=torch.device("cpu"), pretrained=pretrained).img_size == 32
+    assert (config.img_size, config.patch_size, config.model, config.pretrained) == (
+        16,
+        4,
+        None,
+        "run/checkpoint",
+    )
+    args = build_parser().parse_args(
+        ["--pretrained", "run/checkpoint", "--image-size", "32"]
+    )
+    assert (
+        config_from_args(
+            args, device=torch.device("cpu"), pretrained=pretrained
+        ).img_size
+        == 32
+    )
 
 
 @pytest.mark.slow
@@ -135,7 +185,10 @@ def test_full_run_in_a_subprocess_writes_its_outputs(tmp_path):
     ]
     assert (output / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
     metrics = json.loads((output / "metrics.json").read_text())
-    assert len(metrics["history"]["test_accuracy"]) == 2 and metrics["settings"]["dataset"] == "digits"
+    assert (
+        len(metrics["history"]["test_accuracy"]) == 2
+        and metrics["settings"]["dataset"] == "digits"
+    )
     assert metrics["settings"]["warmup_steps"] == 5
 
     model, metadata = load_model(output / "checkpoint")
@@ -144,7 +197,9 @@ def test_full_run_in_a_subprocess_writes_its_outputs(tmp_path):
     _, test_loader = create_dataloaders(load_digits_data(seed=0), batch_size=128)
     predictions, labels = predict(model, test_loader)
     accuracy = (predictions == labels).float().mean().item()
-    assert accuracy == pytest.approx(metrics["test_accuracy"])  # the checkpoint is the model that was tested
+    assert accuracy == pytest.approx(
+        metrics["test_accuracy"]
+    )  # the checkpoint is the model that was tested
 
 
 def image_folder(root: Path, broken: bool = False) -> Path:
@@ -153,7 +208,9 @@ def image_folder(root: Path, broken: bool = False) -> Path:
         for value, name in ((30, "dark"), (220, "light")):
             (root / split / name).mkdir(parents=True)
             for i in range(4):
-                pixels = np.clip(value + rng.integers(-20, 20, (8, 8, 3)), 0, 255).astype(np.uint8)
+                pixels = np.clip(
+                    value + rng.integers(-20, 20, (8, 8, 3)), 0, 255
+                ).astype(np.uint8)
                 Image.fromarray(pixels).save(root / split / name / f"{i}.png")
     if broken:
         (root / "test" / "dark" / "0.png").write_bytes(b"garbage")
@@ -181,10 +238,23 @@ def folder_argv(data: Path, output: Path, *extra: str) -> list[str]:
 
 def test_trains_on_an_image_folder(tmp_path, capsys):
     data = image_folder(tmp_path / "data")
-    status = main(folder_argv(data, tmp_path / "run", "--warmup-steps", "0", "--num-workers", "0", "--no-progress"))
+    status = main(
+        folder_argv(
+            data,
+            tmp_path / "run",
+            "--warmup-steps",
+            "0",
+            "--num-workers",
+            "0",
+            "--no-progress",
+        )
+    )
     assert status == 0
     _, metadata = load_model(tmp_path / "run" / "checkpoint")
-    assert metadata["class_names"] == ["dark", "light"] and metadata["preprocessing"]["channels"] == 3
+    assert (
+        metadata["class_names"] == ["dark", "light"]
+        and metadata["preprocessing"]["channels"] == 3
+    )
     assert "2 classes" in capsys.readouterr().out
 
 
@@ -241,13 +311,29 @@ def test_a_short_run_gets_a_short_default_warmup(tmp_path, capsys):
 
 
 def test_pretrained_digits_at_8_pixels_fine_tune_at_16(tmp_path, capsys):
-    assert main(["--epochs", "8", "--no-progress", "--output", str(tmp_path / "pre")]) == 0
-    argv = ["--pretrained", str(tmp_path / "pre" / "checkpoint"), "--image-size", "16", "--optimizer", "sgd"]
-    status = main(argv + ["--epochs", "3", "--no-progress", "--output", str(tmp_path / "fine")])
+    assert (
+        main(["--epochs", "8", "--no-progress", "--output", str(tmp_path / "pre")]) == 0
+    )
+    argv = [
+        "--pretrained",
+        str(tmp_path / "pre" / "checkpoint"),
+        "--image-size",
+        "16",
+        "--optimizer",
+        "sgd",
+    ]
+    status = main(
+        argv + ["--epochs", "3", "--no-progress", "--output", str(tmp_path / "fine")]
+    )
     assert status == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "fine" / "metrics.json").read_text())
     settings = metrics["settings"]
-    assert (settings["img_size"], settings["patch_size"], settings["lr"], settings["weight_decay"]) == (
+    assert (
+        settings["img_size"],
+        settings["patch_size"],
+        settings["lr"],
+        settings["weight_decay"],
+    ) == (
         16,
         2,
         0.01,
@@ -256,11 +342,18 @@ def test_pretrained_digits_at_8_pixels_fine_tune_at_16(tmp_path, capsys):
     assert settings["warmup_steps"] == (3 * 23) // 10  # the default: 10% of a short run
     assert metrics["test_accuracy"] >= 0.85
     model, _ = load_model(tmp_path / "fine" / "checkpoint")
-    assert model.config.img_size == 16 and model.position_embedding.shape == (1, 1 + 8 * 8, 64)
+    assert model.config.img_size == 16 and model.position_embedding.shape == (
+        1,
+        1 + 8 * 8,
+        64,
+    )
 
 
 def test_pretrained_jax_npz_with_other_classes_gets_a_new_head(tmp_path, capsys):
-    write_jax_npz(tmp_path / "tiny.npz", create_vit("Micro/2", img_size=8, in_channels=1, num_classes=7))
+    write_jax_npz(
+        tmp_path / "tiny.npz",
+        create_vit("Micro/2", img_size=8, in_channels=1, num_classes=7),
+    )
     argv = [
         "--pretrained",
         str(tmp_path / "tiny.npz"),
@@ -277,7 +370,10 @@ def test_pretrained_jax_npz_with_other_classes_gets_a_new_head(tmp_path, capsys)
 
 
 def test_pretrained_with_other_channels_exits_1(tmp_path, capsys):
-    write_jax_npz(tmp_path / "rgb.npz", create_vit("Micro/2", img_size=8, in_channels=3, num_classes=10))
+    write_jax_npz(
+        tmp_path / "rgb.npz",
+        create_vit("Micro/2", img_size=8, in_channels=3, num_classes=10),
+    )
     argv = [
         "--pretrained",
         str(tmp_path / "rgb.npz"),
@@ -288,7 +384,10 @@ def test_pretrained_with_other_channels_exits_1(tmp_path, capsys):
         str(tmp_path / "r"),
     ]
     assert main(argv) == 1
-    assert f"the pretrained model {tmp_path / 'rgb.npz'} has 3 input channels, the data 1" in capsys.readouterr().err
+    assert (
+        f"the pretrained model {tmp_path / 'rgb.npz'} has 3 input channels, the data 1"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -306,6 +405,11 @@ def test_textures_dataset_from_the_command_line(tmp_path, capsys):
     ]
     assert main(argv) == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
-    assert (metrics["settings"]["img_size"], metrics["settings"]["patch_size"]) == (16, 4)
+    assert (metrics["settings"]["img_size"], metrics["settings"]["patch_size"]) == (
+        16,
+        4,
+    )
     _, metadata = load_model(tmp_path / "t" / "checkpoint")
-    assert len(metadata["class_names"]) == 4 and metadata["preprocessing"]["channels"] == 3
+    assert (
+        len(metadata["class_names"]) == 4 and metadata["preprocessing"]["channels"] == 3
+    )

@@ -17,8 +17,13 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PINNED = ("torch", "torchvision")  # the packages whose floors the job installs; the rest stay unpinned
-LOWER_BOUND = re.compile(r"^\s*(?P<name>[A-Za-z0-9_.-]*)\s*>=\s*(?P<version>\d+(\.\d+)*)\s*$")
+PINNED = (
+    "torch",
+    "torchvision",
+)  # the packages whose floors the job installs; the rest stay unpinned
+LOWER_BOUND = re.compile(
+    r"^\s*(?P<name>[A-Za-z0-9_.-]*)\s*>=\s*(?P<version>\d+(\.\d+)*)\s*$"
+)
 
 
 def lower_bound(requirement: str, name: str = "") -> str:
@@ -26,7 +31,9 @@ def lower_bound(requirement: str, name: str = "") -> str:
     match = LOWER_BOUND.match(requirement)
     if not match or match["name"].lower() != name:
         expected = f"{name}>=X.Y" if name else ">=X.Y"
-        raise ValueError(f"expected a requirement of the form {expected!r}, got {requirement!r}")
+        raise ValueError(
+            f"expected a requirement of the form {expected!r}, got {requirement!r}"
+        )
     return match["version"]
 
 
@@ -36,17 +43,27 @@ def floors(pyproject: Path) -> dict[str, str]:
     absent = [key for key in ("requires-python", "dependencies") if key not in project]
     if absent:
         raise ValueError(f"expected {absent} in the [project] table of {pyproject}")
-    by_name = {re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0].lower(): dep for dep in project["dependencies"]}
+    by_name = {
+        re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0].lower(): dep
+        for dep in project["dependencies"]
+    }
     missing = [name for name in PINNED if name not in by_name]
     if missing:
-        raise ValueError(f"expected {list(PINNED)} among the dependencies of {pyproject}, missing {missing}")
+        raise ValueError(
+            f"expected {list(PINNED)} among the dependencies of {pyproject}, missing {missing}"
+        )
     pins = [f"{name}=={lower_bound(by_name[name], name)}" for name in PINNED]
-    return {"python": lower_bound(project["requires-python"]), "requirements": " ".join(pins)}
+    return {
+        "python": lower_bound(project["requires-python"]),
+        "requirements": " ".join(pins),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("pyproject", nargs="?", type=Path, default=ROOT / "pyproject.toml")
+    parser.add_argument(
+        "pyproject", nargs="?", type=Path, default=ROOT / "pyproject.toml"
+    )
     args = parser.parse_args(argv)
     try:
         outputs = floors(args.pyproject)

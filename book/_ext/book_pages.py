@@ -41,17 +41,27 @@ def label_exports(app: Sphinx, doctree: nodes.document, docname: str) -> None:
     sources = [
         block
         for block in doctree.findall(nodes.literal_block)
-        if isinstance(block.parent, nodes.container) and block.parent.get("nb_element") == "cell_code_source"
+        if isinstance(block.parent, nodes.container)
+        and block.parent.get("nb_element") == "cell_code_source"
     ]
     parsed = [(block, *_split_directives(block.astext())) for block in sources]
-    module = next((arg for _, found, _ in parsed for kind, arg in found if kind == "default_exp"), None)
+    module = next(
+        (arg for _, found, _ in parsed for kind, arg in found if kind == "default_exp"),
+        None,
+    )
     for block, found, code in parsed:
         if not found or module is None:
             continue
         target = "going_modular" if module == "__init__" else f"going_modular.{module}"
         kinds = {kind for kind, _ in found}
-        text = f"exported to {target}" if "export" in kinds else f"this chapter's module: {target}"
-        label = nodes.paragraph("", "", nodes.literal(text, text), classes=["export-label"])
+        text = (
+            f"exported to {target}"
+            if "export" in kinds
+            else f"this chapter's module: {target}"
+        )
+        label = nodes.paragraph(
+            "", "", nodes.literal(text, text), classes=["export-label"]
+        )
         block.parent.insert(block.parent.index(block), label)
         if code.strip():
             block.children = [nodes.Text(code)]
@@ -60,12 +70,23 @@ def label_exports(app: Sphinx, doctree: nodes.document, docname: str) -> None:
             block.parent.remove(block)
 
 
-def unique_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+def unique_scripts(
+    app: Sphinx, pagename: str, templatename: str, context: dict, doctree
+) -> None:
     """Drop repeated copies of the same script (same source and attributes) from a page."""
     seen, kept = set(), []
     for script in context["script_files"]:
-        source = getattr(script, "filename", script) or ""  # an inline script's filename is None or ""
-        key = (str(source), tuple(sorted((k, str(v)) for k, v in getattr(script, "attributes", {}).items())))
+        source = (
+            getattr(script, "filename", script) or ""
+        )  # an inline script's filename is None or ""
+        key = (
+            str(source),
+            tuple(
+                sorted(
+                    (k, str(v)) for k, v in getattr(script, "attributes", {}).items()
+                )
+            ),
+        )
         if key not in seen:
             seen.add(key)
             kept.append(script)
@@ -73,12 +94,16 @@ def unique_scripts(app: Sphinx, pagename: str, templatename: str, context: dict,
     context["script_files"][:] = kept
 
 
-def default_mode(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+def default_mode(
+    app: Sphinx, pagename: str, templatename: str, context: dict, doctree
+) -> None:
     """The colour mode the theme's templates start from: the reader's system setting unless one is set."""
     context["default_mode"] = context.get("default_mode") or "auto"
 
 
-def no_borrowed_docstring(app: Sphinx, what: str, name: str, obj, options, lines: list[str]) -> None:
+def no_borrowed_docstring(
+    app: Sphinx, what: str, name: str, obj, options, lines: list[str]
+) -> None:
     """A module constant has no docstring of its own: show none rather than its type's (dict's, int's)."""
     borrowed = inspect.cleandoc(type(obj).__doc__ or "")
     if what == "data" and borrowed and "\n".join(lines).strip() == borrowed.strip():
@@ -89,6 +114,8 @@ def setup(app: Sphinx) -> dict:
     app.connect("html-page-context", default_mode)
     app.connect("autodoc-process-docstring", no_borrowed_docstring)
     app.connect("doctree-resolved", label_exports)
-    app.connect("html-page-context", unique_scripts, priority=100)  # before any handler that returns a template
+    app.connect(
+        "html-page-context", unique_scripts, priority=100
+    )  # before any handler that returns a template
     app.add_css_file("book_pages.css")
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

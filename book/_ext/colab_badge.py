@@ -49,9 +49,13 @@ def repository_parts(theme_options: dict) -> tuple[str, str, str, str]:
 
 def colab_url(theme_options: dict, notebook: str) -> str:
     """Colab's URL for ``notebook`` (a path relative to the book's root, POSIX separators)."""
-    base = ((theme_options.get("launch_buttons") or {}).get("colab_url") or "").rstrip("/")
+    base = ((theme_options.get("launch_buttons") or {}).get("colab_url") or "").rstrip(
+        "/"
+    )
     if not base:
-        raise ExtensionError("colab_badge: launch_buttons.colab_url in _config.yml is empty")
+        raise ExtensionError(
+            "colab_badge: launch_buttons.colab_url in _config.yml is empty"
+        )
     owner, repo, branch, path_to_book = repository_parts(theme_options)
     path = str(PurePosixPath(path_to_book, notebook)) if path_to_book else notebook
     return f"{base}/github/{owner}/{repo}/blob/{branch}/{path}"
@@ -69,7 +73,10 @@ def add_badge(app: Sphinx, doctree: nodes.document) -> None:
         return
     docname = app.env.docname
     source = PurePosixPath(*Path(app.env.doc2path(docname, base=False)).parts)
-    if source.suffix != ".ipynb" or source.parent.as_posix() not in app.config.colab_badge_folders:
+    if (
+        source.suffix != ".ipynb"
+        or source.parent.as_posix() not in app.config.colab_badge_folders
+    ):
         return
     url = colab_url(app.config.html_theme_options, source.as_posix())
     html = (
