@@ -243,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
             record["going_modular"]["ms"], record["timm"]["ms"], strict=True
         )
     )
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    quartiles = (
+        statistics.quantiles(ratios, n=4, method="inclusive")
+        if len(ratios) > 1
+        else ratios * 3
+    )
     print(
         f"\n{args.rounds} interleaved rounds of {args.repeats} forward passes each (median per round):"
     )
