@@ -26,7 +26,6 @@ allocator as it is.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import time
@@ -36,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402 (after the environment is set)
 from speed import build  # noqa: E402 (benchmarks/speed.py: run this script as `python benchmarks/NAME.py`)
+from timing import pin_malloc  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
@@ -45,18 +45,6 @@ except ImportError:
     resource = None
 
 NAMES = ("going_modular", "timm")
-
-
-def pin_malloc() -> bool:
-    """Keep freed memory in glibc's heap: a fixed 32 MiB mmap threshold and no trimming. False without glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(
-        libc.mallopt(m_trim_threshold, 2**31 - 1)
-    )
 
 
 def page_faults() -> int:

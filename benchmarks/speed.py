@@ -5,11 +5,17 @@ For each variant (default Ti/16 and B/16 at 224 pixels) it times inference (forw
 with the three implementations interleaved round by round so that a change in the machine's load
 hits all of them, and each round started by another one: the first model to run after another has
 run is slower (the memory the other freed must be mapped again), by a few per cent on ViT-B/16.
-Each row reports the median round's images per second, the ratio of ours to the fastest of the
-other two, and our achieved FLOP/s against the float32 matrix-multiply throughput of this machine
-measured in the same rounds (a 2048 x 2048 product). The forward pass counts 2 FLOPs per
-multiply-accumulate (ViT-B/16: 17.58 GMACs per image); a training step counts three forward
-passes' worth. On CUDA it adds bf16 autocast and torch.compile rows.
+Each row reports the median round's images per second, the median over rounds of the ratio of
+ours to the fastest of the other two in that round, and our achieved FLOP/s against the float32
+matrix-multiply throughput of this machine measured in the same rounds (a 2048 x 2048 product).
+The forward pass counts 2 FLOPs per multiply-accumulate (ViT-B/16: 17.58 GMACs per image); a
+training step counts three forward passes' worth. On CUDA it adds bf16 autocast and
+torch.compile rows.
+
+On Linux the script first keeps freed memory in glibc's heap (``timing.pin_malloc``;
+``--no-pin-malloc`` leaves malloc as it is): otherwise the three implementations, which run
+the same ops, differ mostly by the page faults that the heap's layout happens to give each
+of them (0 to 20 % of a forward pass).
 
     HF_HUB_OFFLINE=1 python benchmarks/speed.py                       # the CPU table of book/speed.md
     HF_HUB_OFFLINE=1 python benchmarks/speed.py --markdown book/_generated/speed_cpu.md
@@ -33,6 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import timm  # noqa: E402 (after the environment is set)
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from timing import pin_malloc  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
 from torch import nn  # noqa: E402
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT  # noqa: E402
@@ -176,7 +183,13 @@ def measure(
         for name, values in durations.items()
     }
     flops = rate["going_modular"] * forward_flops * (1 if mode == "inference" else 3)
-    fastest_other = max(rate[name] for name in IMPLEMENTATIONS[1:])
+    # each round's ratio (ours against the fastest other of that round), then the median:
+    # a change in the machine's load between rounds moves a round's three together
+    ratios = [
+        min(durations[name][r] for name in IMPLEMENTATIONS[1:])
+        / durations["going_modular"][r]
+        for r in range(rounds)
+    ]
     return {
         "variant": variant,
         "mode": mode
@@ -184,7 +197,7 @@ def measure(
         + (", compiled" if compile_models else ""),
         "batch": batch,
         "rate": rate,
-        "ratio": rate["going_modular"] / fastest_other,
+        "ratio": statistics.median(ratios),
         "flops": flops,
         "peak": statistics.median(peaks),
     }
@@ -271,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         "--device", default="cuda" if torch.cuda.is_available() else "cpu"
     )
     parser.add_argument(
+        "--pin-malloc",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed memory in glibc's heap (timing.pin_malloc; default: on)",
+    )
+    parser.add_argument(
         "--markdown",
         type=Path,
         default=None,
@@ -286,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.rounds, args.image_size, args.batch or 1) < 1 or args.seconds <= 0:
         parser.error("--rounds, --image-size, --batch and --seconds must be positive")
     device = torch.device(args.device)
+    pinned = pin_malloc() if args.pin_malloc else False
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     batch = args.batch or (64 if device.type == "cuda" else 8)
@@ -306,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     context = (
         f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f"; glibc malloc {'pinned (no trimming)' if pinned else 'as is'}"
         + f"; torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}; "
         f"float32 matmul peak {statistics.median(row['peak'] for row in rows) / 1e9:.0f} GFLOP/s; "
         f"{args.rounds} interleaved rounds per row; measured {datetime.date.today().isoformat()}"
