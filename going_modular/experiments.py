@@ -45,7 +45,12 @@ from going_modular.ablations import (
 )
 from going_modular.analysis import ROLLOUT_GRID, rollout_run
 from going_modular.files import atomic_write
-from going_modular.finetune import FINETUNE_GRID, finetune_run
+from going_modular.finetune import (
+    FEW_SHOT_GRID,
+    FINETUNE_GRID,
+    few_shot_run,
+    finetune_run,
+)
 from going_modular.runtime import get_device
 
 __all__ = [
@@ -454,6 +459,12 @@ BOOK_EXPERIMENTS = (
         finetune_run,
         FINETUNE_GRID,
         about="chapter 10: fine-tuning at a higher resolution (§3.2)",
+    ),
+    Experiment(
+        "few_shot",
+        few_shot_run,
+        FEW_SHOT_GRID,
+        about="chapter 10: few-shot linear evaluation of frozen features (§4.1)",
     ),
     Experiment(
         "rollout",

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -24,6 +25,11 @@ from going_modular.vit import ViT, ViTConfig
 
 __all__ = [
     "DIGITS_VIT",
+    "FEW_SHOT_DRAWS",
+    "FEW_SHOT_FEATURES",
+    "FEW_SHOT_GRID",
+    "FEW_SHOT_K",
+    "FEW_SHOT_L2",
     "FINETUNE",
     "FINETUNE_ARMS",
     "FINETUNE_GRID",
@@ -33,11 +39,15 @@ __all__ = [
     "Task",
     "adapt",
     "digits_task",
+    "few_shot_accuracy",
+    "few_shot_features",
+    "few_shot_run",
     "finetune_digits",
     "finetune_run",
     "from_pretrained",
     "pretrain_digits",
     "pretrained_config",
+    "ridge_classifier",
     "task_loaders",
 ]
 
@@ -214,3 +224,94 @@ def finetune_run(config: dict, *, device: torch.device) -> dict:
     pretrained, pretrain_accuracy = pretrain_digits(config["seed"], device=device)
     accuracy = finetune_digits(pretrained, config["arm"], config["seed"], device=device)
     return {"test_accuracy": accuracy, "pretrain_accuracy": pretrain_accuracy}
+
+
+# notebooks/10_fine_tuning.ipynb, cell 28
+FEW_SHOT_K = (1, 5, 10, 25)  # labelled images per class
+FEW_SHOT_DRAWS = 10  # draws of the k images, per seed and k
+FEW_SHOT_L2 = (
+    1.0  # ridge penalty, the same for every kind of feature, fixed before the run
+)
+FEW_SHOT_FEATURES = ("pretrained", "random", "pixels")
+FEW_SHOT_GRID = tuple(
+    {"features": f, "seed": s} for f in FEW_SHOT_FEATURES for s in range(5)
+)
+
+
+def ridge_classifier(
+    x: torch.Tensor, labels: torch.Tensor, num_classes: int, *, l2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """§4.1's linear probe: least squares from x (n, d) to {-1, 1}^K targets with an l2 penalty on
+    the weights (not the bias), in closed form: (W (d, K), b (K,)), scores x W + b."""
+    if not l2 > 0:
+        raise ValueError(f"l2 must be positive, got {l2!r}")
+    if x.ndim != 2 or labels.shape != (len(x),):
+        raise ValueError(
+            f"expected x (n, d) and labels (n,), got {tuple(x.shape)} and {tuple(labels.shape)}"
+        )
+    targets = 2.0 * F.one_hot(labels, num_classes).double() - 1.0  # (n, K)
+    x = x.double()
+    mean_x, mean_t = x.mean(dim=0), targets.mean(dim=0)
+    xc = x - mean_x
+    gram = xc.T @ xc + l2 * torch.eye(x.shape[1], dtype=x.dtype)  # (d, d)
+    w = torch.linalg.solve(gram, xc.T @ (targets - mean_t))
+    return w, mean_t - mean_x @ w
+
+
+def few_shot_features(kind: str, seed: int, *, device: torch.device) -> Task:
+    """The digits 5-9 at 8x8 pixels as features: ((train (n, d), labels), (test, labels)).
+
+    ``pretrained``: y = LN(z_L^0) of the model pre-trained with ``seed``; ``random``: the same model
+    before pre-training; ``pixels``: the images flattened.
+    """
+    if kind not in FEW_SHOT_FEATURES:
+        raise ValueError(
+            f"features must be one of {list(FEW_SHOT_FEATURES)}, got {kind!r}"
+        )
+    task = digits_task(SECOND_DIGITS, 8)
+    if kind == "pixels":
+        return tuple((images.flatten(1), labels) for images, labels in task)
+    if kind == "pretrained":
+        model = pretrain_digits(seed, device=device)[0]
+    else:
+        set_seed(seed)  # the initial weights of pretrain_digits(seed)
+        model = init_truncated_normal(ViT(DIGITS_VIT))
+    model.eval()
+    with torch.no_grad():
+        return tuple(
+            (model.forward_features(images)[:, 0], labels) for images, labels in task
+        )
+
+
+def few_shot_accuracy(
+    features: Task, *, k: int, draw: int, l2: float = FEW_SHOT_L2
+) -> float:
+    """Test accuracy of the ridge classifier fitted on k training images per class of draw ``draw``."""
+    (x, y), (test_x, test_y) = features
+    num_classes = int(y.max()) + 1
+    if not isinstance(k, int) or not 1 <= k <= min(torch.bincount(y)):
+        raise ValueError(
+            f"k must be an int in [1, {min(torch.bincount(y))}], got {k!r}"
+        )
+    generator = torch.Generator().manual_seed(draw)
+    chosen = torch.cat(
+        [
+            ids[torch.randperm(len(ids), generator=generator)[:k]]
+            for ids in (torch.nonzero(y == c).flatten() for c in range(num_classes))
+        ]
+    )
+    w, b = ridge_classifier(x[chosen], y[chosen], num_classes, l2=l2)
+    return ((test_x.double() @ w + b).argmax(dim=1) == test_y).double().mean().item()
+
+
+def few_shot_run(config: dict, *, device: torch.device) -> dict:
+    """One run of the few-shot grid: ``config["features"]`` of ``config["seed"]``, and for each k the
+    accuracies of FEW_SHOT_DRAWS draws (the draws depend on the seed and k only, so they are paired)."""
+    features = few_shot_features(config["features"], config["seed"], device=device)
+    return {
+        f"accuracy_k{k}": [
+            few_shot_accuracy(features, k=k, draw=10_000 * config["seed"] + 100 * k + d)
+            for d in range(FEW_SHOT_DRAWS)
+        ]
+        for k in FEW_SHOT_K
+    }

@@ -3,10 +3,18 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import RidgeClassifier
 
 from conftest import randomise_all
 from going_modular.checkpoint import save_model
-from going_modular.finetune import adapt, from_pretrained, pretrained_config
+from going_modular.finetune import (
+    adapt,
+    few_shot_accuracy,
+    few_shot_features,
+    from_pretrained,
+    pretrained_config,
+    ridge_classifier,
+)
 from going_modular.vit import ViT, ViTConfig
 
 CONFIG = ViTConfig(
@@ -80,3 +88,42 @@ def test_from_pretrained_checkpoint_folder(tmp_path):
     )  # nothing to change
     with pytest.raises(FileNotFoundError):
         from_pretrained(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    "shape, l2", [((30, 5), 1.0), ((12, 40), 0.1), ((50, 3), 10.0)]
+)
+def test_ridge_classifier_matches_scikit_learns_ridge_classifier(shape, l2):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=generator)
+    labels = torch.arange(shape[0]) % 3
+    w, b = ridge_classifier(x, labels, 3, l2=l2)
+    reference = RidgeClassifier(alpha=l2).fit(x.numpy(), labels.numpy())
+    torch.testing.assert_close(
+        x.double() @ w + b,
+        torch.from_numpy(reference.decision_function(x.numpy())).double(),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_ridge_classifier_and_few_shot_refuse_bad_input():
+    x, labels = torch.randn(6, 2), torch.tensor([0, 0, 1, 1, 2, 2])
+    with pytest.raises(ValueError, match="l2 must be positive, got 0"):
+        ridge_classifier(x, labels, 3, l2=0)
+    with pytest.raises(ValueError, match=r"expected x \(n, d\) and labels \(n,\)"):
+        ridge_classifier(x, labels[:5], 3, l2=1.0)
+    features = ((x, labels), (x, labels))
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, 2\], got 3"):
+        few_shot_accuracy(features, k=3, draw=0)
+    with pytest.raises(ValueError, match="features must be one of"):
+        few_shot_features("hog", 0, device=torch.device("cpu"))
+
+
+def test_few_shot_accuracy_separates_separable_classes_from_one_image_each():
+    centres = torch.tensor([[5.0, 0.0], [0.0, 5.0], [-5.0, -5.0]])
+    labels = torch.arange(60) % 3
+    x = centres[labels] + 0.1 * torch.randn(
+        60, 2, generator=torch.Generator().manual_seed(0)
+    )
+    assert few_shot_accuracy(((x, labels), (x, labels)), k=1, draw=7) == 1.0
