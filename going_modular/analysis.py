@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from going_modular.checkpoint import save_model
-from going_modular.data import DataSplits, create_dataloaders, load_textures_data
-from going_modular.engine import init_truncated_normal, train
+from going_modular.data import DataSplits, create_dataloaders, load_scenes_data
+from going_modular.engine import evaluate, init_truncated_normal, train
 from going_modular.patches import to_pair
 from going_modular.runtime import set_seed
 from going_modular.variants import vit_config
@@ -28,12 +28,13 @@ from going_modular.vit import ViT
 __all__ = [
     "RECIPE",
     "ROLLOUT_GRID",
-    "TEXTURES_32",
+    "SCENES_32",
     "TINY",
     "attention_rollout",
+    "auroc",
     "class_token_map",
     "embedding_filter_components",
-    "inspect_textures_vit",
+    "inspect_scenes_vit",
     "mean_attention_distance",
     "neighbour_similarity",
     "patch_centres",
@@ -44,7 +45,7 @@ __all__ = [
     "plot_rollout",
     "position_embedding_similarity",
     "rollout_run",
-    "train_textures_vit",
+    "train_scenes_vit",
 ]
 
 
@@ -135,11 +136,55 @@ def patch_coverage(
     return masks.float().reshape(b, h // ph, ph, w // pw, pw).mean(dim=(2, 4))
 
 
-# notebooks/11_inspecting_vit.ipynb, cell 17
+# notebooks/11_inspecting_vit.ipynb, cell 18
+def auroc(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Area under the ROC curve of each row: scores (B, M), positive (B, M) bool -> (B,).
+
+    The probability that a positive scores above a negative, ties counting one half (the
+    Mann-Whitney U statistic over the product of the two counts, from mid-ranks)."""
+    if (
+        scores.ndim != 2
+        or scores.shape != positive.shape
+        or positive.dtype != torch.bool
+    ):
+        raise ValueError(
+            "expected scores (B, M) and a bool mask of the same shape, got "
+            f"{tuple(scores.shape)} and {tuple(positive.shape)} {positive.dtype}"
+        )
+    count = positive.sum(dim=1)
+    if ((count == 0) | (count == positive.shape[1])).any():
+        raise ValueError("every row needs positives and negatives for an AUROC")
+    ordered, order = scores.double().sort(dim=1)
+    position = torch.arange(1, scores.shape[1] + 1, dtype=torch.float64).expand_as(
+        ordered
+    )
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]  # the first of each run of ties
+    group = starts.cumsum(dim=1) - 1  # (B, M): which run of ties
+    total = torch.zeros_like(ordered).scatter_add_(1, group, position)
+    size = torch.zeros_like(ordered).scatter_add_(1, group, torch.ones_like(ordered))
+    ranks = torch.empty_like(ordered).scatter_(
+        1, order, (total / size).gather(1, group)
+    )
+    rank_sum = (ranks * positive).sum(dim=1)
+    negatives = positive.shape[1] - count
+    return (rank_sum - count * (count + 1) / 2) / (count * negatives)
+
+
+# notebooks/11_inspecting_vit.ipynb, cell 20
 def plot_rollout(
-    images: np.ndarray, heatmaps: torch.Tensor, *, titles: Sequence[str] | None = None
+    images: np.ndarray,
+    heatmaps: torch.Tensor,
+    *,
+    titles: Sequence[str] | None = None,
+    outlines: Sequence[torch.Tensor] = (),
 ) -> Figure:
-    """Images (B, H, W, 3) in [0, 1] over their class-token rollout maps (B, gh, gw), upsampled to (H, W)."""
+    """Images (B, H, W, 3) in [0, 1] over their class-token rollout maps (B, gh, gw), upsampled
+    to (H, W). Each of ``outlines``, masks (B, H, W), is drawn as a contour on both rows: the
+    first solid white, the second dashed black, the third dotted."""
+    styles = (("white", "solid"), ("black", "dashed"), ("grey", "dotted"))
+    if len(outlines) > len(styles):
+        raise ValueError(f"at most {len(styles)} outlines, got {len(outlines)}")
     count, (height, width) = len(images), images.shape[1:3]
     up = F.interpolate(
         heatmaps[:, None].float(),
@@ -152,6 +197,11 @@ def plot_rollout(
         axes[0, i].imshow(images[i])
         axes[1, i].imshow(images[i])
         axes[1, i].imshow(up[i].numpy(), cmap="jet", alpha=0.5)
+        for masks, (colour, style) in zip(outlines, styles, strict=False):
+            for ax in axes[:, i]:
+                ax.contour(
+                    masks[i].float(), levels=[0.5], colors=colour, linestyles=style
+                )
         if titles is not None:
             axes[0, i].set_title(titles[i], fontsize=8)
         for ax in axes[:, i]:
@@ -159,7 +209,7 @@ def plot_rollout(
     return fig
 
 
-# notebooks/11_inspecting_vit.ipynb, cell 20
+# notebooks/11_inspecting_vit.ipynb, cell 23
 def embedding_filter_components(model: nn.Module, k: int = 28) -> torch.Tensor:
     """The first k principal components of the patch-embedding filters E: (k, C, P, P).
 
@@ -206,7 +256,7 @@ def plot_filter_components(components: torch.Tensor, *, columns: int = 7) -> Fig
     return fig
 
 
-# notebooks/11_inspecting_vit.ipynb, cell 24
+# notebooks/11_inspecting_vit.ipynb, cell 27
 def position_embedding_similarity(model: nn.Module) -> torch.Tensor:
     """Cosine similarity of the position embeddings E_pos of every pair of patches: (gh, gw, gh, gw).
 
@@ -242,7 +292,7 @@ def plot_position_similarity(similarity: torch.Tensor) -> Figure:
     return fig
 
 
-# notebooks/11_inspecting_vit.ipynb, cell 27
+# notebooks/11_inspecting_vit.ipynb, cell 30
 def neighbour_similarity(similarity: torch.Tensor) -> tuple[float, float]:
     """Mean similarity of 4-neighbour patch pairs, and of all pairs of distinct patches."""
     gh, gw = similarity.shape[:2]
@@ -258,7 +308,7 @@ def neighbour_similarity(similarity: torch.Tensor) -> tuple[float, float]:
     ).item()
 
 
-# notebooks/11_inspecting_vit.ipynb, cell 31
+# notebooks/11_inspecting_vit.ipynb, cell 34
 def patch_centres(
     grid_size: int | Sequence[int], patch_size: int | Sequence[int]
 ) -> torch.Tensor:
@@ -323,32 +373,37 @@ def plot_attention_distance(distances: torch.Tensor) -> Figure:
     return fig
 
 
-# notebooks/11_inspecting_vit.ipynb, cell 35
-TEXTURES_32 = dict(img_size=32, num_train=2000, num_test=500, seed=0)
+# notebooks/11_inspecting_vit.ipynb, cell 38
+SCENES_32 = dict(
+    label="texture", img_size=32, period=8, num_train=2000, num_test=500, seed=0
+)  # a grey target, a coloured distractor, stripes 8 px apart
 TINY = vit_config(
     "Micro/4", img_size=32, num_classes=4, num_heads=4
 )  # D = 64, L = 4, h = 4
-RECIPE = dict(
-    lr=5e-4, weight_decay=0.05
-)  # AdamW, warm-up then cosine decay, clipping at 1
+RECIPE = dict(lr=5e-4, weight_decay=0.05)  # AdamW, warm-up, cosine decay, clipping at 1
 ROLLOUT_GRID = tuple(
-    {"epochs": epochs, "seed": seed} for epochs in (3, 12) for seed in range(5)
-)
+    {"epochs": epochs, "seed": seed} for epochs in (0, 12) for seed in range(5)
+)  # 0 epochs: the untrained model, the measurements' baseline
 
 
-def train_textures_vit(
+def train_scenes_vit(
     config: dict, data: DataSplits, *, device: torch.device
 ) -> tuple[ViT, float]:
-    """Train ``ViT(TINY)`` for ``config["epochs"]`` with ``RECIPE``, seeded by ``config["seed"]``:
-    (the model in eval mode on the CPU, its final test accuracy)."""
+    """Train ``ViT(TINY)`` for ``config["epochs"]`` (0: not at all) with ``RECIPE``, seeded by
+    ``config["seed"]``: (the model in eval mode on the CPU, its test accuracy)."""
     set_seed(config["seed"])
-    loaders = create_dataloaders(
+    train_loader, test_loader = create_dataloaders(
         data, batch_size=64, seed=config["seed"], device=device
     )
     model = init_truncated_normal(ViT(TINY))
+    if config["epochs"] == 0:
+        model.to(device)
+        accuracy = evaluate(model, test_loader, nn.CrossEntropyLoss(), device=device)
+        return model.eval().cpu(), accuracy["accuracy"]
     history = train(
         model,
-        *loaders,
+        train_loader,
+        test_loader,
         device=device,
         progress=False,
         epochs=config["epochs"],
@@ -357,32 +412,45 @@ def train_textures_vit(
     return model.eval().cpu(), history["test_accuracy"][-1]
 
 
-def inspect_textures_vit(model: ViT, data: DataSplits) -> dict:
-    """Where a trained model looks, on the test images: rollout and layer-1 shares on the object (mean, and
-    the fraction of images above the object's share of the image), neighbour and all-pair similarity of
-    E_pos, and the mean attention distance (L, h) over the first 128 images."""
-    images, masks = data.test.tensors[0], data.masks["test"]
-    coverage = patch_coverage(masks, model.patch_size)  # (B, gh, gw)
-    chance = coverage.mean(dim=(1, 2))  # (B,): the object's share of the image
+def _share(weights: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+    """How much of each map (B, gh, gw), summing to 1, falls on an object covering
+    ``coverage`` (B, gh, gw) of each patch: (B,)."""
+    return (weights * coverage).sum(dim=(1, 2))
+
+
+def inspect_scenes_vit(model: ViT, data: DataSplits) -> dict:
+    """Where a model looks, on the test scenes: the class token's rollout on the target and on the
+    distractor (means, and the fraction of images with more on the target), the AUROC of the
+    rollout map against the target's mask, layer 1's shares, the neighbour and all-pair similarity
+    of E_pos, and the mean attention distance (L, h) over the first 128 images."""
+    images = data.test.tensors[0]
+    target, distractor = data.masks["test"], data.masks["test_distractor"]
+    on = {
+        name: patch_coverage(mask, model.patch_size)  # (B, gh, gw)
+        for name, mask in (("target", target), ("distractor", distractor))
+    }
     with torch.inference_mode():
         maps = model.forward_attention(images)
-    on_object = (
-        class_token_map(attention_rollout(maps), model.grid_size) * coverage
-    ).sum(dim=(1, 2))  # (B,)
-    direct = maps[0][:, :, 0, 1:].mean(
-        dim=1
-    )  # layer 1 alone: the class token's attention to the patches
-    first_layer = (direct / direct.sum(-1, keepdim=True)).reshape(
-        coverage.shape
-    ) * coverage
+    heat = class_token_map(attention_rollout(maps), model.grid_size)  # (B, gh, gw)
+    rollout = {name: _share(heat, coverage) for name, coverage in on.items()}
+    ph, pw = to_pair(model.patch_size, "patch_size")
+    pixels = heat.repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)  # (B, H, W)
+    direct = maps[0][:, :, 0, 1:].mean(dim=1)  # layer 1: the class token's attention
+    layer_1 = (direct / direct.sum(-1, keepdim=True)).reshape(heat.shape)
     near, overall = neighbour_similarity(position_embedding_similarity(model))
     distance = mean_attention_distance(
         [m[:128] for m in maps], model.grid_size, model.patch_size
     )
     return {
-        "rollout_on_object": on_object.mean().item(),
-        "rollout_above_chance": (on_object > chance).float().mean().item(),
-        "first_layer_on_object": first_layer.sum(dim=(1, 2)).mean().item(),
+        "rollout_on_target": rollout["target"].mean().item(),
+        "rollout_on_distractor": rollout["distractor"].mean().item(),
+        "rollout_target_first": (rollout["target"] > rollout["distractor"])
+        .float()
+        .mean()
+        .item(),
+        "rollout_auroc": auroc(pixels.flatten(1), target.flatten(1)).mean().item(),
+        "first_layer_on_target": _share(layer_1, on["target"]).mean().item(),
+        "first_layer_on_distractor": _share(layer_1, on["distractor"]).mean().item(),
         "position_neighbours": near,
         "position_all_pairs": overall,
         "attention_distance": distance.tolist(),
@@ -392,11 +460,11 @@ def inspect_textures_vit(model: ViT, data: DataSplits) -> dict:
 def rollout_run(
     config: dict, *, device: torch.device, output: Path | None = None
 ) -> dict:
-    """One run of the rollout grid: train on the 32-px textures, then inspect the model. With ``output``,
-    a fully trained model (12 epochs) is also saved there as a checkpoint, for the chapter's figures."""
-    data = load_textures_data(**TEXTURES_32)
-    model, accuracy = train_textures_vit(config, data, device=device)
-    if output is not None and config["epochs"] == 12:
+    """One run of the rollout grid: train on the 32-px scenes, then inspect the model. With
+    ``output``, a trained model is also saved there as a checkpoint, for the chapter's figures."""
+    data = load_scenes_data(**SCENES_32)
+    model, accuracy = train_scenes_vit(config, data, device=device)
+    if output is not None and config["epochs"] > 0:
         save_model(
             model,
             output,
@@ -405,4 +473,4 @@ def rollout_run(
                 "preprocessing": data.preprocessing,
             },
         )
-    return {"test_accuracy": accuracy, **inspect_textures_vit(model, data)}
+    return {"test_accuracy": accuracy, **inspect_scenes_vit(model, data)}

@@ -48,15 +48,19 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Preprocess",
+    "QUADRANT_NAMES",
+    "SCENE_LABELS",
     "TEXTURE_NAMES",
     "TEXTURE_PERIOD",
     "UnreadableImageError",
     "build_transform",
     "create_dataloaders",
     "draw_textured_objects",
+    "draw_two_object_scenes",
     "load_cifar10",
     "load_digits_data",
     "load_image_folder",
+    "load_scenes_data",
     "load_textures_data",
     "make_preprocessing",
     "read_image",
@@ -266,6 +270,22 @@ def _clutter(
     )
 
 
+def _texture_bands(
+    classes: np.ndarray, phase: np.ndarray, size: int, period: int
+) -> np.ndarray:
+    """(n, size, size) bool: where texture ``classes`` (n,) takes its first colour, rows and columns
+    shifted by ``phase`` (n, 2, 1, 1); bands of ``period // 2`` pixels."""
+    row, col = (
+        np.arange(size)[:, None] + phase[:, 0],
+        np.arange(size)[None, :] + phase[:, 1],
+    )
+    bands = [
+        band // (period // 2) % 2 for band in np.broadcast_arrays(row, col, row + col)
+    ]
+    textures = np.stack([*bands, bands[0] ^ bands[1]])  # (4, n, H, W), TEXTURE_NAMES
+    return np.take_along_axis(textures, classes[None, :, None, None], axis=0)[0] == 1
+
+
 def draw_textured_objects(
     num_images: int, *, img_size: int = 32, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -289,20 +309,7 @@ def draw_textured_objects(
         np.maximum(ry, rx) <= 0.85,
     )
     phase = rng.integers(0, TEXTURE_PERIOD, (n, 2, 1, 1))
-    row, col = (
-        np.arange(size)[:, None] + phase[:, 0],
-        np.arange(size)[None, :] + phase[:, 1],
-    )
-    bands = [
-        band // (TEXTURE_PERIOD // 2) % 2
-        for band in np.broadcast_arrays(row, col, row + col)
-    ]
-    textures = np.stack(
-        [*bands, bands[0] ^ bands[1]]
-    )  # (4, n, H, W) in TEXTURE_NAMES order
-    first = np.take_along_axis(textures, labels[None, :, None, None], axis=0)[0].astype(
-        bool
-    )
+    first = _texture_bands(labels, phase, size, TEXTURE_PERIOD)
     colour_a = rng.uniform(0, 1, (n, 3))
     colour_b = (
         colour_a + 0.5 + rng.uniform(-0.2, 0.2, (n, 3))
@@ -327,6 +334,30 @@ def load_textures_data(
 
     Train and test are drawn from independent streams of the seed, so the test set does not depend on num_train.
     """
+    _check_generated(img_size, num_train, num_test, seed)
+    splits, masks = {}, {}
+    for split, (count, stream) in {
+        "train": (num_train, 0),
+        "test": (num_test, 1),
+    }.items():
+        raw, labels, mask = draw_textured_objects(
+            count, img_size=img_size, rng=np.random.default_rng([seed, stream])
+        )
+        splits[split] = TensorDataset(_as_tensor(raw), torch.from_numpy(labels))
+        masks[split] = torch.from_numpy(mask)
+    return DataSplits(
+        splits["train"],
+        splits["test"],
+        list(TEXTURE_NAMES),
+        _generated_preprocessing(img_size),
+        masks=masks,
+    )
+
+
+def _check_generated(
+    img_size: object, num_train: object, num_test: object, seed: object
+) -> None:
+    """Raise a ValueError naming the first bad argument of a generated dataset."""
     if not isinstance(img_size, int) or isinstance(img_size, bool) or img_size < 16:
         raise ValueError(f"img_size must be an int >= 16, got {img_size!r}")
     for name, count in (("num_train", num_train), ("num_test", num_test)):
@@ -336,32 +367,171 @@ def load_textures_data(
             or count < len(TEXTURE_NAMES)
         ):
             raise ValueError(
-                f"{name} must be an int >= {len(TEXTURE_NAMES)} (one image per class), got {count!r}"
+                f"{name} must be an int >= {len(TEXTURE_NAMES)} (one image per class), "
+                f"got {count!r}"
             )
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    preprocessing = make_preprocessing(
+
+
+def _generated_preprocessing(img_size: int) -> dict:
+    return make_preprocessing(
         img_size, channels=3, max_value=255.0, mean=[0.5] * 3, std=[0.5] * 3
     )
+
+
+def _as_tensor(raw: np.ndarray) -> torch.Tensor:
+    """uint8 images (n, H, W, 3) -> (n, 3, H, W) floats, the generated datasets' spec vectorised."""
+    return (torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
+
+
+# notebooks/A2_data.ipynb, cell 20
+SCENE_LABELS = ("texture", "quadrant")  # what a two-object scene's label can be
+QUADRANT_NAMES = ("top left", "top right", "bottom left", "bottom right")
+
+
+def _check_period(period: object, img_size: int) -> None:
+    if (
+        not isinstance(period, int)
+        or isinstance(period, bool)
+        or period < 2
+        or period % 2
+        or period > img_size // 2
+    ):
+        raise ValueError(
+            f"period must be an even int from 2 to img_size // 2 = {img_size // 2}, "
+            f"got {period!r}"
+        )
+
+
+def _place_apart(
+    rng: np.random.Generator, half: np.ndarray, size: int, gap: float
+) -> np.ndarray:
+    """Centres (n, 2, 2) (object, y and x) of two objects of half-sizes ``half`` (n, 2),
+    at least ``gap`` pixels apart, none within ``size / 32`` of a midline (a clear quadrant)."""
+    centres, todo = np.empty((len(half), 2, 2)), np.arange(len(half))
+    while len(todo):  # redraw the pairs that overlap
+        h = half[todo][:, :, None]  # (m, 2, 1)
+        c = rng.uniform(h, size - h, (len(todo), 2, 2))
+        apart = np.hypot(*(c[:, 0] - c[:, 1]).T) >= h[:, 0, 0] + h[:, 1, 0] + gap
+        clear = (np.abs(c - size / 2) >= size / 32).all(axis=(1, 2))
+        centres[todo[apart & clear]] = c[apart & clear]
+        todo = todo[~(apart & clear)]
+    return centres
+
+
+def _saturated(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Colours (n, 3) far from grey: one channel high, one low, one anywhere, in random order."""
+    levels = np.stack(
+        [rng.uniform(0.75, 1, n), rng.uniform(0, 0.25, n), rng.uniform(0, 1, n)], 1
+    )
+    order = rng.permuted(np.tile(np.arange(3), (n, 1)), axis=1)
+    return np.take_along_axis(levels, order, axis=1)
+
+
+def draw_two_object_scenes(
+    num_images: int, *, img_size: int = 32, period: int = 8, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Cluttered images holding a grey textured *target* and a coloured textured *distractor*.
+
+    Each object is a disc or a square (independently, at random); their textures are two
+    different classes of TEXTURE_NAMES with stripes ``period`` pixels apart. Returns ``images``
+    (n, H, W, 3) uint8; ``texture`` (n,), the target's class (balanced) and
+    ``distractor_texture`` (n,); ``quadrant`` (n,), where the target's centre lies
+    (QUADRANT_NAMES); ``target_mask`` and ``distractor_mask`` (n, H, W) bool.
+    """
+    if (
+        not isinstance(num_images, int)
+        or isinstance(num_images, bool)
+        or num_images < 1
+    ):
+        raise ValueError(f"num_images must be an int >= 1, got {num_images!r}")
+    _check_generated(img_size, len(TEXTURE_NAMES), len(TEXTURE_NAMES), 0)
+    _check_period(period, img_size)
+    n, size, k = num_images, img_size, len(TEXTURE_NAMES)
+    texture = rng.permutation(np.arange(n) % k)
+    distractor_texture = (texture + rng.integers(1, k, n)) % k  # always another class
+    images = _clutter(rng, n, size)
+    half = rng.uniform(0.15, 0.22, (n, 2)) * size  # per object: radius or half side
+    centres = _place_apart(rng, half, size, gap=size / 16)
+    y, x = (np.arange(size) + 0.5)[:, None], (np.arange(size) + 0.5)[None, :]
+    greys = np.stack([rng.uniform(0, 0.3, n), rng.uniform(0.7, 1, n)], 1)
+    colour = _saturated(rng, n)
+    palettes = (  # (n, 2, 3): the target's two greys, a colour and its complement
+        np.repeat(greys[:, :, None], 3, axis=2),
+        np.stack([colour, 1 - colour], axis=1),
+    )
+    masks = []
+    for i, classes in enumerate((texture, distractor_texture)):
+        ry = np.abs(y - centres[:, i, 0, None, None]) / half[:, i, None, None]
+        rx = np.abs(x - centres[:, i, 1, None, None]) / half[:, i, None, None]
+        disc = rng.uniform(size=(n, 1, 1)) < 0.5
+        mask = np.where(disc, ry**2 + rx**2 <= 1, np.maximum(ry, rx) <= 0.85)
+        first = _texture_bands(
+            classes, rng.integers(0, period, (n, 2, 1, 1)), size, period
+        )
+        fill = np.where(
+            first[..., None],
+            palettes[i][:, None, None, 0],
+            palettes[i][:, None, None, 1],
+        )
+        images = np.where(mask[..., None], fill, images)
+        masks.append(mask)
+    images = images + rng.normal(0, 0.04, images.shape)
+    quadrant = (centres[:, 0, 0] > size / 2) * 2 + (centres[:, 0, 1] > size / 2)
+    return {
+        "images": np.round(np.clip(images, 0, 1) * 255).astype(np.uint8),
+        "texture": texture.astype(np.int64),
+        "distractor_texture": distractor_texture.astype(np.int64),
+        "quadrant": quadrant.astype(np.int64),
+        "target_mask": masks[0],
+        "distractor_mask": masks[1],
+    }
+
+
+def load_scenes_data(
+    *,
+    label: str = "texture",
+    img_size: int = 32,
+    period: int = 8,
+    num_train: int = 2000,
+    num_test: int = 500,
+    seed: int = 0,
+) -> DataSplits:
+    """Two-object scenes (``draw_two_object_scenes``) labelled by the target's ``texture`` or by its
+    ``quadrant``. ``masks`` maps "train" and "test" to the targets' masks (n, H, W) and
+    "train_distractor" and "test_distractor" to the distractors'. Train and test come from
+    independent streams of ``seed``."""
+    if label not in SCENE_LABELS:
+        raise ValueError(f"label must be one of {SCENE_LABELS}, got {label!r}")
+    _check_generated(img_size, num_train, num_test, seed)
+    _check_period(period, img_size)
     splits, masks = {}, {}
     for split, (count, stream) in {
         "train": (num_train, 0),
         "test": (num_test, 1),
     }.items():
-        raw, labels, mask = draw_textured_objects(
-            count, img_size=img_size, rng=np.random.default_rng([seed, stream])
+        scenes = draw_two_object_scenes(
+            count,
+            img_size=img_size,
+            period=period,
+            rng=np.random.default_rng([seed, stream]),
         )
-        images = (
-            torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255.0 - 0.5
-        ) / 0.5  # the spec, vectorised
-        splits[split] = TensorDataset(images, torch.from_numpy(labels))
-        masks[split] = torch.from_numpy(mask)
+        labels = torch.from_numpy(scenes[label])
+        splits[split] = TensorDataset(_as_tensor(scenes["images"]), labels)
+        masks[split] = torch.from_numpy(scenes["target_mask"])
+        masks[f"{split}_distractor"] = torch.from_numpy(scenes["distractor_mask"])
+    names = TEXTURE_NAMES if label == "texture" else QUADRANT_NAMES
     return DataSplits(
-        splits["train"], splits["test"], list(TEXTURE_NAMES), preprocessing, masks=masks
+        splits["train"],
+        splits["test"],
+        list(names),
+        _generated_preprocessing(img_size),
+        masks=masks,
     )
 
 
-# notebooks/A2_data.ipynb, cell 20
+# notebooks/A2_data.ipynb, cell 23
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -428,7 +598,7 @@ def load_image_folder(
     )
 
 
-# notebooks/A2_data.ipynb, cell 22
+# notebooks/A2_data.ipynb, cell 25
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
@@ -480,7 +650,7 @@ def load_cifar10(
     )
 
 
-# notebooks/A2_data.ipynb, cell 24
+# notebooks/A2_data.ipynb, cell 27
 def _seed_worker(worker_id: int) -> None:
     """Seed NumPy and ``random`` in a DataLoader worker from the seed PyTorch gave it."""
     seed = torch.initial_seed() % 2**32

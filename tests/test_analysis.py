@@ -10,8 +10,10 @@ from matplotlib.figure import Figure
 
 from going_modular.analysis import (
     attention_rollout,
+    auroc,
     class_token_map,
     embedding_filter_components,
+    inspect_scenes_vit,
     mean_attention_distance,
     patch_centres,
     patch_coverage,
@@ -21,6 +23,8 @@ from going_modular.analysis import (
     plot_rollout,
     position_embedding_similarity,
 )
+from going_modular.data import load_scenes_data
+from going_modular.variants import vit_config
 from going_modular.vit import ViT, ViTConfig
 
 matplotlib.use("Agg")
@@ -290,3 +294,84 @@ def test_plots_return_figures():
         ),
     ]
     assert all(isinstance(fig, Figure) for fig in figures)
+
+
+def test_auroc_matches_the_pairwise_definition():
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 4, (5, 30), generator=generator).float()  # ties
+    positive = torch.rand(5, 30, generator=generator) < 0.4
+    pairs = [
+        (s[p][:, None] > s[~p][None]).double().mean()
+        + 0.5 * (s[p][:, None] == s[~p][None]).double().mean()
+        for s, p in zip(scores, positive, strict=True)
+    ]  # P(positive above negative) + half P(tie), over all pairs
+    torch.testing.assert_close(auroc(scores, positive), torch.stack(pairs))
+    ordered = torch.arange(6.0)[None]
+    assert auroc(ordered, ordered > 3).item() == 1.0
+    assert auroc(ordered, ordered < 2).item() == 0.0
+    assert auroc(torch.zeros(1, 6), ordered > 3).item() == 0.5
+
+
+@pytest.mark.parametrize(
+    "scores, positive, message",
+    [
+        (torch.zeros(4), torch.zeros(4, dtype=torch.bool), "expected scores"),
+        (torch.zeros(2, 4), torch.zeros(2, 4), "bool mask"),
+        (
+            torch.zeros(2, 4),
+            torch.zeros(2, 4, dtype=torch.bool),
+            "positives and negatives",
+        ),
+        (
+            torch.zeros(1, 3),
+            torch.ones(1, 3, dtype=torch.bool),
+            "positives and negatives",
+        ),
+    ],
+)
+def test_auroc_rejects_bad_input(scores, positive, message):
+    with pytest.raises(ValueError, match=message):
+        auroc(scores, positive)
+
+
+def test_inspect_scenes_measures_a_model_on_target_and_distractor():
+    data = load_scenes_data(img_size=16, num_train=4, num_test=16, seed=0)
+    torch.manual_seed(0)
+    model = ViT(vit_config("Micro/4", img_size=16, num_classes=4)).eval()
+    metrics = inspect_scenes_vit(model, data)
+    assert (
+        0 < metrics["rollout_on_target"] < 1
+        and 0 < metrics["rollout_on_distractor"] < 1
+    )
+    assert 0 <= metrics["rollout_auroc"] <= 1
+    assert torch.tensor(metrics["attention_distance"]).shape == (4, 8)  # (L, h)
+
+
+def test_inspect_scenes_finds_a_class_token_that_reads_the_target(monkeypatch):
+    data = load_scenes_data(img_size=16, num_train=4, num_test=16, seed=0)
+    model = ViT(vit_config("Micro/4", img_size=16, num_classes=4)).eval()
+    coverage = patch_coverage(data.masks["test"], 4).flatten(1)  # (B, 16)
+    weights = coverage / coverage.sum(dim=1, keepdim=True)
+    maps = torch.eye(17).repeat(16, 8, 1, 1)  # (B, h, T, T): every token reads itself
+    maps[:, :, 0] = torch.cat([torch.zeros(16, 1), weights], dim=1)[:, None]
+    monkeypatch.setattr(model, "forward_attention", lambda images: [maps] * 4)
+    metrics = inspect_scenes_vit(model, data)
+    # the rollout's patch part is `weights` itself, so its share on the target is sum(c^2)/sum(c)
+    expected = ((coverage**2).sum(dim=1) / coverage.sum(dim=1)).mean().item()
+    assert metrics["rollout_on_target"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["first_layer_on_target"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["rollout_target_first"] == 1.0 and metrics["rollout_auroc"] > 0.95
+
+
+@pytest.mark.usefixtures("close_figures")
+def test_plot_rollout_outlines_the_masks():
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 2:5, 2:5] = True
+    fig = plot_rollout(
+        np.zeros((2, 8, 8, 3)), torch.rand(2, 4, 4), outlines=[masks, ~masks]
+    )
+    assert (
+        sum(len(ax.collections) for ax in fig.axes) >= 8
+    )  # 2 outlines x 2 rows x 2 images
+    with pytest.raises(ValueError, match="at most 3 outlines"):
+        plot_rollout(np.zeros((1, 8, 8, 3)), torch.rand(1, 4, 4), outlines=[masks] * 4)

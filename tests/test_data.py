@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from going_modular.data import (
+    QUADRANT_NAMES,
     TEXTURE_NAMES,
     DataSplits,
     Preprocess,
@@ -15,8 +16,10 @@ from going_modular.data import (
     build_transform,
     create_dataloaders,
     draw_textured_objects,
+    draw_two_object_scenes,
     load_digits_data,
     load_image_folder,
+    load_scenes_data,
     load_textures_data,
     make_preprocessing,
     read_image,
@@ -334,6 +337,94 @@ def test_textures_are_determined_by_the_seed(textures):
 def test_textures_reject_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         load_textures_data(**kwargs)
+
+
+def _orientation(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Mean colour change inside ``mask`` from row to row and from column to column."""
+    inside_v, inside_h = mask[:-1, :] & mask[1:, :], mask[:, :-1] & mask[:, 1:]
+    dv = np.abs(np.diff(image, axis=0)).sum(axis=2)[inside_v].mean()
+    dh = np.abs(np.diff(image, axis=1)).sum(axis=2)[inside_h].mean()
+    return dv, dh
+
+
+def test_scenes_put_each_texture_on_its_object():
+    scenes = draw_two_object_scenes(60, img_size=32, rng=np.random.default_rng(0))
+    images = scenes["images"].astype(float) / 255
+    assert (scenes["texture"] != scenes["distractor_texture"]).all()
+    assert not (scenes["target_mask"] & scenes["distractor_mask"]).any()
+    for i in range(60):
+        target, distractor = scenes["target_mask"][i], scenes["distractor_mask"][i]
+        grey = images[i][target]  # (pixels, 3): the target's two greys, plus noise
+        assert np.abs(grey - grey.mean(axis=1, keepdims=True)).max() < 0.2
+        colour = images[i][distractor]
+        assert (colour.max(axis=1) - colour.min(axis=1)).mean() > 0.4  # saturated
+        for mask, label in (
+            (target, scenes["texture"][i]),
+            (distractor, scenes["distractor_texture"][i]),
+        ):
+            dv, dh = _orientation(images[i], mask)
+            if label == 0:  # horizontal stripes: change from row to row
+                assert dv > 2 * dh, (i, dv, dh)
+            elif label == 1:
+                assert dh > 2 * dv, (i, dv, dh)
+
+
+def test_scene_labels_are_the_targets_texture_or_quadrant():
+    kwargs = dict(img_size=24, num_train=4, num_test=50, seed=2)
+    by_texture = load_scenes_data(label="texture", **kwargs)
+    by_quadrant = load_scenes_data(label="quadrant", **kwargs)
+    raw = draw_two_object_scenes(50, img_size=24, rng=np.random.default_rng([2, 1]))
+    assert torch.equal(by_texture.test.tensors[1], torch.from_numpy(raw["texture"]))
+    assert torch.equal(by_texture.test.tensors[0], by_quadrant.test.tensors[0])
+    assert by_quadrant.class_names == list(QUADRANT_NAMES)
+    target = by_quadrant.masks["test"].double()
+    centres = [
+        (target * torch.arange(24.0).view(*shape)).sum(dim=(1, 2))
+        / target.sum(dim=(1, 2))
+        for shape in ((24, 1), (1, 24))
+    ]  # (y, x) of each target's pixels, from 0
+    quadrant = (centres[0] > 11.5).long() * 2 + (centres[1] > 11.5).long()
+    assert torch.equal(quadrant, by_quadrant.test.tensors[1])
+    torch.testing.assert_close(
+        Preprocess(by_texture.preprocessing)(raw["images"][3]),
+        by_texture.test.tensors[0][3],
+    )
+    assert torch.equal(
+        by_texture.masks["test_distractor"], torch.from_numpy(raw["distractor_mask"])
+    )
+
+
+def test_scenes_are_determined_by_the_seed():
+    a = load_scenes_data(img_size=16, num_train=10, num_test=8, seed=1)
+    b = load_scenes_data(img_size=16, num_train=30, num_test=8, seed=1)
+    c = load_scenes_data(img_size=16, num_train=10, num_test=8, seed=2)
+    assert torch.equal(a.test.tensors[0], b.test.tensors[0])
+    assert not torch.equal(a.test.tensors[0], c.test.tensors[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(label="colour"), "label must be one of"),
+        (dict(period=5), "period must be an even int"),
+        (dict(period=18), "period must be an even int from 2 to img_size // 2 = 16"),
+        (dict(period=True), "period"),
+        (dict(img_size=12), "img_size must be an int >= 16"),
+        (dict(num_train=2), "num_train"),
+        (dict(seed=-2), "seed"),
+    ],
+)
+def test_scenes_reject_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        load_scenes_data(**kwargs)
+    if "label" not in kwargs and "num_train" not in kwargs and "seed" not in kwargs:
+        with pytest.raises(ValueError, match=message):
+            draw_two_object_scenes(4, rng=np.random.default_rng(0), **kwargs)
+
+
+def test_scene_draw_rejects_no_images():
+    with pytest.raises(ValueError, match="num_images must be an int >= 1, got 0"):
+        draw_two_object_scenes(0, rng=np.random.default_rng(0))
 
 
 def test_data_splits_without_masks_stay_compatible():
