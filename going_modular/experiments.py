@@ -48,8 +48,12 @@ from going_modular.files import atomic_write
 from going_modular.finetune import (
     FEW_SHOT_GRID,
     FINETUNE_GRID,
+    RESOLUTION_GRID,
+    SWEEP_GRID,
     few_shot_run,
     finetune_run,
+    resolution_run,
+    sweep_run,
 )
 from going_modular.runtime import get_device
 
@@ -465,6 +469,18 @@ BOOK_EXPERIMENTS = (
         few_shot_run,
         FEW_SHOT_GRID,
         about="chapter 10: few-shot linear evaluation of frozen features (§4.1)",
+    ),
+    Experiment(
+        "labels_sweep",
+        sweep_run,
+        SWEEP_GRID,
+        about="chapter 10: pre-trained vs scratch by labels per class, one optimiser, rates chosen on held-out images",
+    ),
+    Experiment(
+        "resolution",
+        resolution_run,
+        RESOLUTION_GRID,
+        about="chapter 10: fine-tuning textures at 32 px vs 16 px after pre-training on 16-px downsamples (§3.2)",
     ),
     Experiment(
         "rollout",

@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from going_modular.checkpoint import checkpoint_config, load_weights
-from going_modular.data import load_digits_data
-from going_modular.engine import init_truncated_normal, train
+from going_modular.data import load_digits_data, load_textures_data
+from going_modular.engine import evaluate, init_truncated_normal, train
 from going_modular.jax_checkpoint import jax_npz_config, load_jax_npz
 from going_modular.patches import to_pair
 from going_modular.runtime import set_seed
@@ -35,20 +35,41 @@ __all__ = [
     "FINETUNE_GRID",
     "FIRST_DIGITS",
     "PRETRAIN",
+    "Pair",
+    "RESOLUTION_DATA",
+    "RESOLUTION_FINETUNE",
+    "RESOLUTION_GRID",
+    "RESOLUTION_PRETRAIN",
+    "RESOLUTION_SIZES",
+    "RESOLUTION_VIT",
     "SECOND_DIGITS",
+    "SWEEP_ARMS",
+    "SWEEP_GRID",
+    "SWEEP_HELD_OUT",
+    "SWEEP_K",
+    "SWEEP_LRS",
+    "SWEEP_RECIPE",
     "Task",
     "adapt",
     "digits_task",
+    "downsample",
     "few_shot_accuracy",
     "few_shot_features",
     "few_shot_run",
     "finetune_digits",
     "finetune_run",
     "from_pretrained",
+    "held_out_task",
+    "pick_by_held_out",
     "pretrain_digits",
     "pretrained_config",
+    "resolution_run",
     "ridge_classifier",
+    "shuffle_position_embedding",
+    "sweep_run",
+    "sweep_start",
     "task_loaders",
+    "train_steps",
 ]
 
 
@@ -119,6 +140,7 @@ FINETUNE_ARMS = (
     "interpolated",
     "interpolated_linear",
     "reinitialised",
+    "shuffled",
     "pretraining_resolution",
     "scratch",
 )
@@ -175,6 +197,19 @@ def task_loaders(
     )
 
 
+def shuffle_position_embedding(model: ViT, *, seed: int) -> ViT:
+    """A control for the interpolation: the N patch rows of E_pos (1, 1 + N, D) permuted with a seeded
+    permutation, the class token's row 0 kept. The same rows, so the same statistics; the wrong places.
+    In place; returns ``model``."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    num_patches = model.position_embedding.shape[1] - 1
+    order = torch.randperm(num_patches, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        model.position_embedding[:, 1:] = model.position_embedding[:, 1 + order]
+    return model
+
+
 def pretrain_digits(seed: int, *, device: torch.device) -> tuple[ViT, float]:
     """Pre-train on the digits 0-4 at 8x8 pixels with PRETRAIN: (the model on the CPU, its test accuracy)."""
     set_seed(seed)
@@ -194,7 +229,8 @@ def finetune_digits(
     """Test accuracy on the digits 5-9 (40 training images per class) after one arm's fine-tuning.
 
     Arms: ``interpolated`` (16 px, E_pos resized bicubically), ``interpolated_linear`` (resized as the JAX
-    code does), ``reinitialised`` (16 px, new E_pos), ``pretraining_resolution`` (8 px), ``scratch``
+    code does), ``reinitialised`` (16 px, new E_pos), ``shuffled`` (16 px, the learned E_pos with its patch rows
+    permuted, then resized), ``pretraining_resolution`` (8 px), ``scratch``
     (a new model at 16 px, trained with the pre-training recipe). ``pretrained`` is not changed.
     """
     if arm not in FINETUNE_ARMS:
@@ -206,6 +242,8 @@ def finetune_digits(
     else:
         model, recipe = copy.deepcopy(pretrained), FINETUNE
         model.reset_classifier(5)  # a new task: a new head
+        if arm == "shuffled":  # on the 4x4 grid, before the resize
+            shuffle_position_embedding(model, seed=seed)
         if arm == "interpolated_linear":
             model.set_input_size(size, mode="bilinear", align_corners=True)
         elif size != 8:
@@ -226,7 +264,7 @@ def finetune_run(config: dict, *, device: torch.device) -> dict:
     return {"test_accuracy": accuracy, "pretrain_accuracy": pretrain_accuracy}
 
 
-# notebooks/10_fine_tuning.ipynb, cell 28
+# notebooks/10_fine_tuning.ipynb, cell 33
 FEW_SHOT_K = (1, 5, 10, 25)  # labelled images per class
 FEW_SHOT_DRAWS = 10  # draws of the k images, per seed and k
 FEW_SHOT_L2 = (
@@ -315,3 +353,217 @@ def few_shot_run(config: dict, *, device: torch.device) -> dict:
         ]
         for k in FEW_SHOT_K
     }
+
+
+# notebooks/10_fine_tuning.ipynb, cell 43
+SWEEP_K = (
+    5,
+    10,
+    20,
+    40,
+    119,
+)  # labelled images per class; 119: all the smallest class has left
+SWEEP_HELD_OUT = (
+    20  # training images per class held out to choose the rate, never trained on
+)
+SWEEP_ARMS = ("pretrained", "scratch")
+SWEEP_LRS = (3e-4, 1e-3, 3e-3)  # AdamW's peak rates: the same three for both arms
+SWEEP_RECIPE = dict(
+    steps=150,
+    batch_size=32,
+    optimizer="adamw",
+    weight_decay=0.05,
+    clip_norm=1.0,
+    scheduler="cosine",
+)  # one optimiser and one budget for every arm and every k
+SWEEP_GRID = tuple({"seed": seed} for seed in range(5))
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+def held_out_task(
+    classes: Sequence[int], img_size: int, *, per_class: int, held_out: int, seed: int
+) -> tuple[Pair, Pair, Pair]:
+    """(train, held-out, test) pairs (images, labels 0..K-1) of some digit classes. In each class a
+    seeded permutation of the training split gives first ``held_out`` held-out images, then
+    ``per_class`` training images: for one seed, a larger ``per_class`` keeps the smaller one's images
+    and the held-out images stay the same."""
+    for name, value in (("per_class", per_class), ("held_out", held_out)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    (images, labels), test = digits_task(classes, img_size)
+    generator = torch.Generator().manual_seed(seed)
+    orders = [
+        ids[torch.randperm(len(ids), generator=generator)]
+        for ids in (torch.nonzero(labels == k).flatten() for k in range(len(classes)))
+    ]
+    smallest = min(len(ids) for ids in orders)
+    if per_class + held_out > smallest:
+        raise ValueError(
+            f"per_class + held_out must be at most {smallest} (the smallest class's training"
+            f" images), got {per_class} + {held_out}"
+        )
+    held = torch.cat([ids[:held_out] for ids in orders])
+    chosen = torch.cat([ids[held_out : held_out + per_class] for ids in orders])
+    return (images[chosen], labels[chosen]), (images[held], labels[held]), test
+
+
+def train_steps(
+    model: nn.Module,
+    train_pair: Pair,
+    evaluate_on: Sequence[Pair],
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    **recipe,
+) -> list[float]:
+    """Train ``model`` for exactly ``steps`` batches of ``train_pair`` (seeded passes in a new random
+    order each, the last one cut short) with ``train``'s recipe keywords, then return its accuracy on
+    each (images, labels) pair of ``evaluate_on``. The budget does not grow with the number of images."""
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if len(evaluate_on) == 0:
+        raise ValueError(
+            "evaluate_on must hold at least one (images, labels) pair, got none"
+        )
+    generator, n = torch.Generator().manual_seed(seed), len(train_pair[1])
+    passes = -(-steps * batch_size // n)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])
+    loader = DataLoader(
+        TensorDataset(*train_pair),
+        batch_size=batch_size,
+        sampler=order[: steps * batch_size].tolist(),
+    )
+    loaders = [DataLoader(TensorDataset(*pair), batch_size=256) for pair in evaluate_on]
+    train(model, loader, loaders[0], epochs=1, device=device, progress=False, **recipe)
+    return [
+        evaluate(model, each, nn.CrossEntropyLoss(), device=device)["accuracy"]
+        for each in loaders
+    ]
+
+
+def sweep_start(pretrained: ViT, arm: str) -> ViT:
+    """The model an arm of the sweep starts from: ``pretrained`` (a copy, with a zero head) or
+    ``scratch`` (new weights, as pre-training starts)."""
+    if arm not in SWEEP_ARMS:
+        raise ValueError(f"arm must be one of {list(SWEEP_ARMS)}, got {arm!r}")
+    if arm == "scratch":
+        return init_truncated_normal(ViT(DIGITS_VIT))
+    model = copy.deepcopy(pretrained)
+    model.reset_classifier(len(SECOND_DIGITS))  # a new task: a new, zero head
+    return model
+
+
+def pick_by_held_out(
+    held_out: Sequence[float], test: Sequence[float]
+) -> tuple[int, float]:
+    """The rate chosen on held-out images: (the index of the best held-out accuracy, the first one on
+    a tie; the test accuracy at that index)."""
+    if len(held_out) == 0 or len(held_out) != len(test):
+        raise ValueError(
+            f"held_out and test must be equally long and not empty, got {len(held_out)} and {len(test)}"
+        )
+    best = max(range(len(held_out)), key=lambda i: (held_out[i], -i))
+    return best, test[best]
+
+
+def sweep_run(config: dict, *, device: torch.device) -> dict:
+    """One run of the labels sweep: pre-train with ``config["seed"]``, then for each k of SWEEP_K, each
+    arm of SWEEP_ARMS and each rate of SWEEP_LRS, train SWEEP_RECIPE on k digits 5-9 per class at 8 px.
+    Metrics ``{arm}_k{k}_held_out`` and ``{arm}_k{k}_test``: the accuracies of the rates, in order."""
+    seed = config["seed"]
+    pretrained = pretrain_digits(seed, device=device)[0]
+    metrics = {}
+    for k in SWEEP_K:
+        train_pair, held_out, test = held_out_task(
+            SECOND_DIGITS, 8, per_class=k, held_out=SWEEP_HELD_OUT, seed=seed
+        )
+        for arm in SWEEP_ARMS:
+            scores = []
+            for lr in SWEEP_LRS:
+                set_seed(100 + seed)  # the same start for every rate
+                model = sweep_start(pretrained, arm)
+                scores.append(
+                    train_steps(
+                        model,
+                        train_pair,
+                        (held_out, test),
+                        lr=lr,
+                        seed=seed,
+                        device=device,
+                        **SWEEP_RECIPE,
+                    )
+                )
+            metrics[f"{arm}_k{k}_held_out"] = [s[0] for s in scores]
+            metrics[f"{arm}_k{k}_test"] = [s[1] for s in scores]
+    return metrics
+
+
+# notebooks/10_fine_tuning.ipynb, cell 52
+RESOLUTION_DATA = dict(
+    img_size=32, num_train=2000, num_test=500, seed=0
+)  # textures rendered at 32 px
+RESOLUTION_VIT = vit_config(
+    "Micro/4", img_size=16, num_classes=4
+)  # pre-trained at 16 px: a 4x4 grid of 4x4 patches
+RESOLUTION_PRETRAIN = dict(
+    steps=640, batch_size=64, lr=1e-3, weight_decay=0.05
+)  # AdamW, warm-up then cosine decay, clipping at 1
+RESOLUTION_FINETUNE = dict(steps=320, batch_size=64) | {
+    k: v for k, v in FINETUNE.items() if k != "epochs"
+}  # the paper's fine-tuning recipe, the same steps at both sizes
+RESOLUTION_SIZES = (
+    16,
+    32,
+)  # fine-tuning resolutions: the pre-training one, and twice it
+RESOLUTION_GRID = tuple({"seed": seed} for seed in range(5))
+
+
+def downsample(images: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H / factor, W / factor): the mean of each factor x factor block, so
+    any detail finer than a block is averaged away."""
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+        raise ValueError(f"factor must be a positive int, got {factor!r}")
+    if images.ndim != 4 or images.shape[-1] % factor or images.shape[-2] % factor:
+        raise ValueError(
+            f"images must be (B, C, H, W) with H and W multiples of factor={factor},"
+            f" got {tuple(images.shape)}"
+        )
+    b, c, h, w = images.shape
+    blocks = images.reshape(b, c, h // factor, factor, w // factor, factor)
+    return blocks.mean(dim=(3, 5))
+
+
+def resolution_run(config: dict, *, device: torch.device) -> dict:
+    """One run of the resolution grid: pre-train RESOLUTION_VIT with ``config["seed"]`` on the 16-px
+    downsamples of the textures, then fine-tune two copies, at 16 px and at 32 px (E_pos interpolated),
+    with the same steps in the same order. Metrics: ``pretrain_accuracy`` (16 px), ``accuracy_16``
+    and ``accuracy_32`` (test accuracy after fine-tuning)."""
+    seed = config["seed"]
+    data = load_textures_data(**RESOLUTION_DATA)
+    sharp = data.train.tensors, data.test.tensors  # 32 px
+    coarse = tuple((downsample(images), labels) for images, labels in sharp)  # 16 px
+    set_seed(seed)
+    model = init_truncated_normal(ViT(RESOLUTION_VIT))
+    [pretrain_accuracy] = train_steps(
+        model, coarse[0], [coarse[1]], seed=seed, device=device, **RESOLUTION_PRETRAIN
+    )
+    metrics = {"pretrain_accuracy": pretrain_accuracy}
+    for size, (train_pair, test_pair) in zip(
+        RESOLUTION_SIZES, (coarse, sharp), strict=True
+    ):
+        tuned = adapt(
+            copy.deepcopy(model), img_size=size
+        )  # the same classes: the head stays
+        [metrics[f"accuracy_{size}"]] = train_steps(
+            tuned,
+            train_pair,
+            [test_pair],
+            seed=100 + seed,
+            device=device,
+            **RESOLUTION_FINETUNE,
+        )
+    return metrics
