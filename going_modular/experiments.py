@@ -40,7 +40,11 @@ from going_modular.ablations import (
     ABLATION_GRID,
     DATA_SIZE_GRID,
     DIGITS_GRID,
+    LR_SWEEP_GRID,
+    POSITION_GRID,
+    data_size_run,
     digits_run,
+    position_run,
     textures_run,
 )
 from going_modular.analysis import ROLLOUT_GRID, rollout_run
@@ -496,15 +500,30 @@ BOOK_EXPERIMENTS = (
     ),
     Experiment(
         "data_size",
-        textures_run,
+        data_size_run,
         DATA_SIZE_GRID,
-        about="chapter 12: ViT vs CNN by training images (§4.3)",
+        about="chapter 12: ViT vs CNN by training images, 40 to 5,000 and unlimited, the same steps (§4.3)",
+        summary=("test_accuracy",),
+    ),
+    Experiment(
+        "data_size_lr",
+        data_size_run,
+        LR_SWEEP_GRID,
+        about="chapter 12: the data-size runs' learning rates, chosen on validation images",
+        summary=("validation_accuracy",),
     ),
     Experiment(
         "ablations",
         textures_run,
         ABLATION_GRID,
-        about="chapter 12: class token vs average pooling, position embeddings (D.3, D.4)",
+        about="chapter 12: class token vs average pooling, three rates each (D.3)",
+        summary=("test_accuracy", "validation_accuracy"),
+    ),
+    Experiment(
+        "position",
+        position_run,
+        POSITION_GRID,
+        about="chapter 12: no, 1-D and 2-D position embeddings on the quadrant task (D.4)",
         summary=("test_accuracy",),
     ),
 )
