@@ -23,6 +23,7 @@ from going_modular.ablations import (
     build_textures_model,
     count_cnn_macs,
     data_size_run,
+    position_run,
     small_cnn,
     subset,
     textures_validation,
@@ -220,12 +221,16 @@ def test_models_and_runs_name_a_bad_argument():
         data_size_run(dict(model="mlp", train_images=40, seed=0), device=cpu)
     with pytest.raises(ValueError, match="train_images"):
         data_size_run(dict(model="vit", train_images=41, seed=0), device=cpu)
+    with pytest.raises(
+        ValueError, match=r"steps must be one of \(600, 2400\), got 100"
+    ):
+        position_run(dict(position="1d", steps=100, seed=0), device=cpu)
 
 
 def test_grids_pair_arms_by_seed_and_choose_rates_from_the_sweep():
     for grid, arm_keys in (
         (DATA_SIZE_GRID, ("model", "train_images")),
-        (POSITION_GRID, ("position",)),
+        (POSITION_GRID, ("position", "steps")),
         (ABLATION_GRID, ("pooling", "lr")),
     ):
         arms = {}
