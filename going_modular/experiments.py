@@ -50,16 +50,13 @@ from going_modular.ablations import (
 from going_modular.analysis import ROLLOUT_GRID, rollout_run
 from going_modular.files import atomic_write
 from going_modular.finetune import (
-    FEW_SHOT_GRID,
     FINETUNE_GRID,
     RESOLUTION_GRID,
-    SWEEP_GRID,
-    few_shot_run,
     finetune_run,
     resolution_run,
-    sweep_run,
 )
 from going_modular.runtime import get_device
+from going_modular.transfer import FEW_SHOT_GRID, SWEEP_GRID, few_shot_run, sweep_run
 
 __all__ = [
     "BOOK_EXPERIMENTS",
@@ -472,13 +469,13 @@ BOOK_EXPERIMENTS = (
         "few_shot",
         few_shot_run,
         FEW_SHOT_GRID,
-        about="chapter 10: few-shot linear evaluation of frozen features (§4.1)",
+        about="chapter 13: few-shot linear evaluation of frozen features (§4.1)",
     ),
     Experiment(
         "labels_sweep",
         sweep_run,
         SWEEP_GRID,
-        about="chapter 10: pre-trained vs scratch by labels per class, one optimiser, rates chosen on held-out images",
+        about="chapter 13: pre-trained vs scratch by labels per class, one optimiser, rates chosen on held-out images",
     ),
     Experiment(
         "resolution",

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -25,11 +24,6 @@ from going_modular.vit import ViT, ViTConfig
 
 __all__ = [
     "DIGITS_VIT",
-    "FEW_SHOT_DRAWS",
-    "FEW_SHOT_FEATURES",
-    "FEW_SHOT_GRID",
-    "FEW_SHOT_K",
-    "FEW_SHOT_L2",
     "FINETUNE",
     "FINETUNE_ARMS",
     "FINETUNE_GRID",
@@ -43,31 +37,17 @@ __all__ = [
     "RESOLUTION_SIZES",
     "RESOLUTION_VIT",
     "SECOND_DIGITS",
-    "SWEEP_ARMS",
-    "SWEEP_GRID",
-    "SWEEP_HELD_OUT",
-    "SWEEP_K",
-    "SWEEP_LRS",
-    "SWEEP_RECIPE",
     "Task",
     "adapt",
     "digits_task",
     "downsample",
-    "few_shot_accuracy",
-    "few_shot_features",
-    "few_shot_run",
     "finetune_digits",
     "finetune_run",
     "from_pretrained",
-    "held_out_task",
-    "pick_by_held_out",
     "pretrain_digits",
     "pretrained_config",
     "resolution_run",
-    "ridge_classifier",
     "shuffle_position_embedding",
-    "sweep_run",
-    "sweep_start",
     "task_loaders",
     "train_steps",
 ]
@@ -264,148 +244,8 @@ def finetune_run(config: dict, *, device: torch.device) -> dict:
     return {"test_accuracy": accuracy, "pretrain_accuracy": pretrain_accuracy}
 
 
-# notebooks/10_fine_tuning.ipynb, cell 33
-FEW_SHOT_K = (1, 5, 10, 25)  # labelled images per class
-FEW_SHOT_DRAWS = 10  # draws of the k images, per seed and k
-FEW_SHOT_L2 = (
-    1.0  # ridge penalty, the same for every kind of feature, fixed before the run
-)
-FEW_SHOT_FEATURES = ("pretrained", "random", "pixels")
-FEW_SHOT_GRID = tuple(
-    {"features": f, "seed": s} for f in FEW_SHOT_FEATURES for s in range(5)
-)
-
-
-def ridge_classifier(
-    x: torch.Tensor, labels: torch.Tensor, num_classes: int, *, l2: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """§4.1's linear probe: least squares from x (n, d) to {-1, 1}^K targets with an l2 penalty on
-    the weights (not the bias), in closed form: (W (d, K), b (K,)), scores x W + b."""
-    if not l2 > 0:
-        raise ValueError(f"l2 must be positive, got {l2!r}")
-    if x.ndim != 2 or labels.shape != (len(x),):
-        raise ValueError(
-            f"expected x (n, d) and labels (n,), got {tuple(x.shape)} and {tuple(labels.shape)}"
-        )
-    targets = 2.0 * F.one_hot(labels, num_classes).double() - 1.0  # (n, K)
-    x = x.double()
-    mean_x, mean_t = x.mean(dim=0), targets.mean(dim=0)
-    xc = x - mean_x
-    gram = xc.T @ xc + l2 * torch.eye(x.shape[1], dtype=x.dtype)  # (d, d)
-    w = torch.linalg.solve(gram, xc.T @ (targets - mean_t))
-    return w, mean_t - mean_x @ w
-
-
-def few_shot_features(kind: str, seed: int, *, device: torch.device) -> Task:
-    """The digits 5-9 at 8x8 pixels as features: ((train (n, d), labels), (test, labels)).
-
-    ``pretrained``: y = LN(z_L^0) of the model pre-trained with ``seed``; ``random``: the same model
-    before pre-training; ``pixels``: the images flattened.
-    """
-    if kind not in FEW_SHOT_FEATURES:
-        raise ValueError(
-            f"features must be one of {list(FEW_SHOT_FEATURES)}, got {kind!r}"
-        )
-    task = digits_task(SECOND_DIGITS, 8)
-    if kind == "pixels":
-        return tuple((images.flatten(1), labels) for images, labels in task)
-    if kind == "pretrained":
-        model = pretrain_digits(seed, device=device)[0]
-    else:
-        set_seed(seed)  # the initial weights of pretrain_digits(seed)
-        model = init_truncated_normal(ViT(DIGITS_VIT))
-    model.eval()
-    with torch.no_grad():
-        return tuple(
-            (model.forward_features(images)[:, 0], labels) for images, labels in task
-        )
-
-
-def few_shot_accuracy(
-    features: Task, *, k: int, draw: int, l2: float = FEW_SHOT_L2
-) -> float:
-    """Test accuracy of the ridge classifier fitted on k training images per class of draw ``draw``."""
-    (x, y), (test_x, test_y) = features
-    num_classes = int(y.max()) + 1
-    if not isinstance(k, int) or not 1 <= k <= min(torch.bincount(y)):
-        raise ValueError(
-            f"k must be an int in [1, {min(torch.bincount(y))}], got {k!r}"
-        )
-    generator = torch.Generator().manual_seed(draw)
-    chosen = torch.cat(
-        [
-            ids[torch.randperm(len(ids), generator=generator)[:k]]
-            for ids in (torch.nonzero(y == c).flatten() for c in range(num_classes))
-        ]
-    )
-    w, b = ridge_classifier(x[chosen], y[chosen], num_classes, l2=l2)
-    return ((test_x.double() @ w + b).argmax(dim=1) == test_y).double().mean().item()
-
-
-def few_shot_run(config: dict, *, device: torch.device) -> dict:
-    """One run of the few-shot grid: ``config["features"]`` of ``config["seed"]``, and for each k the
-    accuracies of FEW_SHOT_DRAWS draws (the draws depend on the seed and k only, so they are paired)."""
-    features = few_shot_features(config["features"], config["seed"], device=device)
-    return {
-        f"accuracy_k{k}": [
-            few_shot_accuracy(features, k=k, draw=10_000 * config["seed"] + 100 * k + d)
-            for d in range(FEW_SHOT_DRAWS)
-        ]
-        for k in FEW_SHOT_K
-    }
-
-
-# notebooks/10_fine_tuning.ipynb, cell 43
-SWEEP_K = (
-    5,
-    10,
-    20,
-    40,
-    119,
-)  # labelled images per class; 119: all the smallest class has left
-SWEEP_HELD_OUT = (
-    20  # training images per class held out to choose the rate, never trained on
-)
-SWEEP_ARMS = ("pretrained", "scratch")
-SWEEP_LRS = (3e-4, 1e-3, 3e-3)  # AdamW's peak rates: the same three for both arms
-SWEEP_RECIPE = dict(
-    steps=150,
-    batch_size=32,
-    optimizer="adamw",
-    weight_decay=0.05,
-    clip_norm=1.0,
-    scheduler="cosine",
-)  # one optimiser and one budget for every arm and every k
-SWEEP_GRID = tuple({"seed": seed} for seed in range(5))
-
+# notebooks/10_fine_tuning.ipynb, cell 34
 Pair = tuple[torch.Tensor, torch.Tensor]
-
-
-def held_out_task(
-    classes: Sequence[int], img_size: int, *, per_class: int, held_out: int, seed: int
-) -> tuple[Pair, Pair, Pair]:
-    """(train, held-out, test) pairs (images, labels 0..K-1) of some digit classes. In each class a
-    seeded permutation of the training split gives first ``held_out`` held-out images, then
-    ``per_class`` training images: for one seed, a larger ``per_class`` keeps the smaller one's images
-    and the held-out images stay the same."""
-    for name, value in (("per_class", per_class), ("held_out", held_out)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    (images, labels), test = digits_task(classes, img_size)
-    generator = torch.Generator().manual_seed(seed)
-    orders = [
-        ids[torch.randperm(len(ids), generator=generator)]
-        for ids in (torch.nonzero(labels == k).flatten() for k in range(len(classes)))
-    ]
-    smallest = min(len(ids) for ids in orders)
-    if per_class + held_out > smallest:
-        raise ValueError(
-            f"per_class + held_out must be at most {smallest} (the smallest class's training"
-            f" images), got {per_class} + {held_out}"
-        )
-    held = torch.cat([ids[:held_out] for ids in orders])
-    chosen = torch.cat([ids[held_out : held_out + per_class] for ids in orders])
-    return (images[chosen], labels[chosen]), (images[held], labels[held]), test
 
 
 def train_steps(
@@ -445,64 +285,7 @@ def train_steps(
     ]
 
 
-def sweep_start(pretrained: ViT, arm: str) -> ViT:
-    """The model an arm of the sweep starts from: ``pretrained`` (a copy, with a zero head) or
-    ``scratch`` (new weights, as pre-training starts)."""
-    if arm not in SWEEP_ARMS:
-        raise ValueError(f"arm must be one of {list(SWEEP_ARMS)}, got {arm!r}")
-    if arm == "scratch":
-        return init_truncated_normal(ViT(DIGITS_VIT))
-    model = copy.deepcopy(pretrained)
-    model.reset_classifier(len(SECOND_DIGITS))  # a new task: a new, zero head
-    return model
-
-
-def pick_by_held_out(
-    held_out: Sequence[float], test: Sequence[float]
-) -> tuple[int, float]:
-    """The rate chosen on held-out images: (the index of the best held-out accuracy, the first one on
-    a tie; the test accuracy at that index)."""
-    if len(held_out) == 0 or len(held_out) != len(test):
-        raise ValueError(
-            f"held_out and test must be equally long and not empty, got {len(held_out)} and {len(test)}"
-        )
-    best = max(range(len(held_out)), key=lambda i: (held_out[i], -i))
-    return best, test[best]
-
-
-def sweep_run(config: dict, *, device: torch.device) -> dict:
-    """One run of the labels sweep: pre-train with ``config["seed"]``, then for each k of SWEEP_K, each
-    arm of SWEEP_ARMS and each rate of SWEEP_LRS, train SWEEP_RECIPE on k digits 5-9 per class at 8 px.
-    Metrics ``{arm}_k{k}_held_out`` and ``{arm}_k{k}_test``: the accuracies of the rates, in order."""
-    seed = config["seed"]
-    pretrained = pretrain_digits(seed, device=device)[0]
-    metrics = {}
-    for k in SWEEP_K:
-        train_pair, held_out, test = held_out_task(
-            SECOND_DIGITS, 8, per_class=k, held_out=SWEEP_HELD_OUT, seed=seed
-        )
-        for arm in SWEEP_ARMS:
-            scores = []
-            for lr in SWEEP_LRS:
-                set_seed(100 + seed)  # the same start for every rate
-                model = sweep_start(pretrained, arm)
-                scores.append(
-                    train_steps(
-                        model,
-                        train_pair,
-                        (held_out, test),
-                        lr=lr,
-                        seed=seed,
-                        device=device,
-                        **SWEEP_RECIPE,
-                    )
-                )
-            metrics[f"{arm}_k{k}_held_out"] = [s[0] for s in scores]
-            metrics[f"{arm}_k{k}_test"] = [s[1] for s in scores]
-    return metrics
-
-
-# notebooks/10_fine_tuning.ipynb, cell 52
+# notebooks/10_fine_tuning.ipynb, cell 35
 RESOLUTION_DATA = dict(
     img_size=32, num_train=2000, num_test=500, seed=0
 )  # textures rendered at 32 px
