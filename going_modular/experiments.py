@@ -490,9 +490,9 @@ BOOK_EXPERIMENTS = (
         about="chapter 11: attention rollout, E_pos similarity, attention distance (§4.5, D.7, D.8)",
         summary=(
             "test_accuracy",
-            "rollout_on_object",
-            "first_layer_on_object",
-            "position_neighbours",
+            "rollout_on_target",
+            "rollout_on_distractor",
+            "rollout_auroc",
         ),
     ),
     Experiment(

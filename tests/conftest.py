@@ -158,21 +158,51 @@ def corrupt(data: bytes, case: str) -> bytes:
     return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
+DURATIONS = Path(__file__).parent / "durations.json"
+_SECONDS: dict[str, float] = {}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--record-durations",
+        action="store_true",
+        help="write the seconds each test file took (all phases) to tests/durations.json",
+    )
+
+
+def pytest_runtest_logreport(report):
+    """Add up each file's seconds (on the controller too, under pytest-xdist)."""
+    path = report.nodeid.split("::")[0]
+    _SECONDS[path] = _SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    if session.config.getoption("--record-durations") and not hasattr(
+        session.config, "workerinput"
+    ):
+        slow = {
+            path: round(seconds)
+            for path, seconds in sorted(_SECONDS.items(), key=lambda item: -item[1])
+            if seconds >= 5 or path.endswith(".ipynb")
+        }
+        partial = DURATIONS.with_suffix(".json.partial")
+        partial.write_text(json.dumps(slow, indent=2) + "\n", encoding="utf-8")
+        partial.replace(DURATIONS)
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark the chapters slow, and start the longest files first, so that `make test`'s two workers finish at
     about the same time.
 
-    tests/durations.json holds the seconds each slow file took (``make test PYTEST_ARGS=--durations=0``);
-    files not in it count as fast. Within a file the order is kept, as nbval needs.
+    tests/durations.json holds the seconds each chapter and slow file took
+    (``make test PYTEST_ARGS=--record-durations`` writes it); files not in it count as fast. Within a file the order is kept, as nbval needs.
     """
     for item in items:
         if (
             item.path.suffix == ".ipynb"
         ):  # a chapter under nbval: a kernel, so not `make unit`
             item.add_marker(pytest.mark.slow)
-    seconds = json.loads(
-        (Path(__file__).parent / "durations.json").read_text(encoding="utf-8")
-    )
+    seconds = json.loads(DURATIONS.read_text(encoding="utf-8"))
     root = config.rootpath
     items.sort(
         key=lambda item: -seconds.get(item.path.relative_to(root).as_posix(), 0)

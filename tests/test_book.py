@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import functools
 import html
+import json
 import os
 import posixpath
 import re
@@ -30,6 +31,7 @@ from conftest import QuietHandler, http_server
 pytestmark = pytest.mark.slow  # a headless browser (left out by `make unit`)
 
 ROOT = Path(__file__).resolve().parents[1]
+INTRO = ROOT / "book" / "intro.md"
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
 SCRIPT_SRC = re.compile(r"<script\b[^>]*\bsrc=\"([^\"]+)\"", re.IGNORECASE)
@@ -238,6 +240,26 @@ def test_landing_page_has_the_roadmap_and_three_ways_in(site: Path) -> None:
     roadmap = text[text.index("Roadmap") :]
     main_path = [name for name in NOTEBOOK_CHAPTERS if Path(name).name[0].isdigit()]
     assert [name for name in main_path if f'href="../{name}.html"' not in roadmap] == []
+
+
+def test_landing_page_times_are_the_measured_ones() -> None:
+    """The roadmap's "CPU, N s" per chapter is tests/durations.json's measurement, rounded."""
+    measured = json.loads(
+        (ROOT / "tests" / "durations.json").read_text(encoding="utf-8")
+    )
+    rows = re.findall(
+        r"^\| \{doc\}`\.\./notebooks/(\w+)` .*\| CPU, (\d+) s", INTRO.read_text(), re.M
+    )
+    assert len(rows) >= 13, rows
+    wrong = {
+        name: (int(quoted), measured.get(f"notebooks/{name}.ipynb"))
+        for name, quoted in rows
+        if measured.get(f"notebooks/{name}.ipynb") != int(quoted)
+    }
+    assert not wrong, (
+        f"book/intro.md quotes other times than tests/durations.json (quoted, measured): {wrong}; "
+        "re-measure with `make test PYTEST_ARGS=--record-durations` and copy the numbers"
+    )
 
 
 def public_names(module: Path) -> list[str]:
