@@ -127,6 +127,15 @@ DIGITS_VIT = ViTConfig(
 )
 DIGITS_SPEC = make_preprocessing(8, channels=1, max_value=16.0, mean=[0.5], std=[0.5])
 DIGITS_CLASSES = [str(d) for d in range(10)]
+# The metrics `engine.train` records after every epoch, written out here (not read from the engine).
+HISTORY_KEYS = (
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "lr",
+    "seconds",
+)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import DIGITS_VIT
+from conftest import DIGITS_VIT, HISTORY_KEYS
 from going_modular.data import create_dataloaders, load_digits_data
 from going_modular.engine import (
     NonFiniteLossError,
@@ -303,14 +303,7 @@ def test_train_learns_and_returns_history(digits_loaders, capsys):
     history = train(
         model, *digits_loaders, epochs=3, lr=0.05, weight_decay=0.0, progress=True
     )  # default warm-up
-    assert set(history) == {
-        "train_loss",
-        "train_accuracy",
-        "test_loss",
-        "test_accuracy",
-        "lr",
-        "seconds",
-    }
+    assert set(history) == set(HISTORY_KEYS)
     assert all(len(values) == 3 for values in history.values())
     assert history["train_loss"][-1] < history["train_loss"][0]
     assert history["test_accuracy"][-1] > 0.8  # chance is 0.1
@@ -533,17 +526,7 @@ def test_hooks_wrap_the_steps_reduce_every_pass_and_see_every_epoch(
 
 
 def test_a_restored_history_continues_with_the_next_epoch(digits_loaders):
-    restored = {
-        key: [0.5]
-        for key in (
-            "train_loss",
-            "train_accuracy",
-            "test_loss",
-            "test_accuracy",
-            "lr",
-            "seconds",
-        )
-    }
+    restored = {key: [0.5] for key in HISTORY_KEYS}
     calls, ends = [], []
 
     def restore(parts: dict) -> dict:

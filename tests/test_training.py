@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import going_modular.training as training
+from conftest import HISTORY_KEYS
 from going_modular.checkpoint import load_model, save_model
 from going_modular.data import load_digits_data
 from going_modular.engine import TrainingHooks
@@ -163,17 +164,7 @@ def test_digits_checkpoint_trains_when_the_folder_is_missing_invalid_or_of_an_ol
 
     def quick_fit(run, config):
         calls.append((config, torch.get_num_threads()))
-        return {
-            key: [0.5]
-            for key in (
-                "train_loss",
-                "train_accuracy",
-                "test_loss",
-                "test_accuracy",
-                "lr",
-                "seconds",
-            )
-        }
+        return {key: [0.5] for key in HISTORY_KEYS}
 
     monkeypatch.setattr(training, "fit", quick_fit)
     (tmp_path / "broken").mkdir()
